@@ -1,0 +1,1 @@
+"""Readers for folder layouts and datalists, samplers and the embedded demo dataset."""

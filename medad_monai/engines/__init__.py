@@ -1,0 +1,1 @@
+"""Ignite trainers, evaluators and iteration functions for each training scheme."""

@@ -1,0 +1,1 @@
+"""Ignite handlers: threshold calibration, score reports, plots."""

@@ -1,0 +1,54 @@
+"""Log the epoch average of every term a ``training_step`` returns (e.g. ``rec``, ``logvar``, ``ssd``, ``tsd``)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import torch
+from ignite.engine import Engine, Events
+from monai.utils import CommonKeys
+
+__all__ = ["LossTermsLogger"]
+
+
+class LossTermsLogger:
+    """Averages the scalar entries of the trainer's ``pred`` dict over each epoch.
+
+    The averages are logged (``logger_name``) and stored in ``engine.state.metrics`` as ``train_<term>`` so that
+    StatsHandler/TensorBoard/MLflow handlers see them.
+    """
+
+    def __init__(self, tag: str = "", logger_name: str = "medad_monai") -> None:
+        self.tag = tag
+        self.logger = logging.getLogger(logger_name)
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log)
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums.clear()
+        self._count = 0
+
+    def _update(self, engine: Engine) -> None:
+        out = engine.state.output
+        pred = out.get(CommonKeys.PRED) if isinstance(out, dict) else None
+        if not isinstance(pred, dict):
+            return
+        for name, value in pred.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                self._sums[name] += float(value.detach())
+        self._count += 1
+
+    def _log(self, engine: Engine) -> None:
+        if not self._count:
+            return
+        means = {name: total / self._count for name, total in self._sums.items()}
+        for name, value in means.items():
+            engine.state.metrics[f"train_{name}"] = value
+        terms = "  ".join(f"{k}: {v:.5f}" for k, v in means.items())
+        self.logger.info(f"{self.tag} epoch {engine.state.epoch}/{engine.state.max_epochs}  {terms}")

@@ -1,0 +1,113 @@
+"""The evaluation report: a results table, ROC curves, score histograms and provenance, written at completion."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from medad_monai.io import atomic_write_json, atomic_write_text
+from medad_monai.metrics.ranking import f1_max
+from medad_monai.provenance import provenance
+from medad_monai.visualize import plot_roc_curves, plot_score_histograms
+
+__all__ = ["EvaluationReport"]
+
+
+class EvaluationReport:
+    """Writes ``metrics.json`` (metrics, seed, versions, data summary), ``results.md`` (a table with one row per
+    score, as the papers' result tables), ``roc.png`` and ``score_histograms.png`` into ``output_dir``.
+
+    AUROC and AP are read from ``engine.state.metrics`` (``<score>_auroc``, ``<score>_ap``, computed by MONAI's
+    handlers, see :class:`~medad_monai.handlers.score_metrics.ScoreMetrics`); F1-max is computed exactly here.
+
+    Args:
+        output_dir: folder of the report.
+        score_names: candidate score keys; those absent from the output are skipped.
+        labels: display names of the scores (e.g. ``{"rec": "A_rec"}``).
+        title: heading of the table (method, dataset).
+        seed: seed of the run, recorded with the results.
+        network: optional model; its ``threshold`` buffer is recorded and drawn on the histogram.
+        extra: anything else to record (e.g. the dataset folder).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        score_names: Sequence[str] = ("score",),
+        labels: Mapping[str, str] | None = None,
+        title: str = "Image-level results",
+        seed: int | None = None,
+        network: nn.Module | None = None,
+        label_key: str = "label",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.score_names, self.labels = list(score_names), dict(labels or {})
+        self.title, self.seed, self.network, self.label_key = title, seed, network, label_key
+        self.extra = dict(extra or {})
+        self.scores: dict[str, list[float]] = {}
+        self.y: list[int] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.scores = {}
+        self.y = []
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        for item in out if isinstance(out, list) else [out]:
+            self.y.append(int(torch.as_tensor(item[self.label_key]).reshape(-1)[0]))
+            for name in self.score_names:
+                if name in item:
+                    self.scores.setdefault(name, []).append(float(torch.as_tensor(item[name]).reshape(-1)[0]))
+
+    def _write(self, engine: Engine) -> None:
+        y = np.asarray(self.y)
+        names = [n for n in self.score_names if n in self.scores]
+        results: dict[str, dict[str, float]] = {}
+        both_classes = bool((y == 0).any() and (y == 1).any())
+        for name in names:
+            s = np.asarray(self.scores[name])
+            row = {
+                "auroc": float(engine.state.metrics.get(f"{name}_auroc", float("nan"))),
+                "ap": float(engine.state.metrics.get(f"{name}_ap", float("nan"))),
+            }
+            if both_classes:
+                row["f1_max"] = f1_max(s, y)[0]
+            results[name] = row
+        threshold = float(self.network.threshold) if self.network is not None else float("nan")
+        record = {
+            "title": self.title,
+            "results": results,
+            "threshold": threshold,
+            "data": {"n_images": int(y.size), "n_normal": int((y == 0).sum()), "n_anomalous": int((y == 1).sum())},
+            **self.extra,
+            "provenance": provenance(self.seed),
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(record, self.output_dir / "metrics.json")
+        lines = [f"### {self.title}", "", "| score | AUROC (%) | AP (%) | F1-max (%) |", "|---|---|---|---|"]
+        for name, row in results.items():
+            f1 = f"{100 * row['f1_max']:.1f}" if "f1_max" in row else "n/a"
+            lines.append(f"| {self.labels.get(name, name)} | {100 * row['auroc']:.1f} | {100 * row['ap']:.1f} | {f1} |")
+        lines += ["", f"{record['data']['n_normal']} normal and {record['data']['n_anomalous']} anomalous images; "
+                  f"seed {self.seed}; threshold {threshold:.6g}."]
+        table = "\n".join(lines) + "\n"
+        atomic_write_text(table, self.output_dir / "results.md")
+        if both_classes and names:
+            display = {self.labels.get(n, n): np.asarray(self.scores[n]) for n in names}
+            plot_roc_curves(display, y, self.output_dir / "roc.png", title=self.title)
+            plot_score_histograms(display, y, self.output_dir / "score_histograms.png")
+        logging.getLogger("medad_monai").info(f"evaluation report in {self.output_dir}:\n{table}")

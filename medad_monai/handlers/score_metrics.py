@@ -1,0 +1,50 @@
+"""Image-level AUROC and AP of each score a model provides, through MONAI's ``ROCAUC`` and ``AveragePrecision``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from ignite.engine import Engine, Events
+from monai.handlers import ROCAUC, AveragePrecision, from_engine
+from torch import nn
+
+__all__ = ["ScoreMetrics"]
+
+
+class ScoreMetrics:
+    """Attach ``<score>_auroc`` and ``<score>_ap`` metrics for every image score in the evaluator output.
+
+    Which scores exist can depend on the loaded checkpoint (DDAD has A_inter and R_dual only with a UDM), so the
+    metrics are attached when the run starts, after the checkpoint loader (attach this handler after it), using
+    ``network.score_names()`` when the network has it, else ``score_names``.
+
+    Args:
+        score_names: candidate score keys in the decollated output.
+        network: optional model whose ``score_names()`` lists the available scores.
+        label_key: key of the 0/1 image label.
+    """
+
+    def __init__(self, score_names: Sequence[str] = ("score",), network: nn.Module | None = None,
+                 label_key: str = "label") -> None:
+        self.score_names, self.network, self.label_key = list(score_names), network, label_key
+        self.attached: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._attach_metrics)
+
+    def available(self) -> list[str]:
+        if self.network is not None and hasattr(self.network, "score_names"):
+            provided = set(self.network.score_names())
+            return [n for n in self.score_names if n in provided]
+        return list(self.score_names)
+
+    def _attach_metrics(self, engine: Engine) -> None:
+        if self.attached:
+            return
+        for name in self.available():
+            transform = from_engine([name, self.label_key])
+            ROCAUC(output_transform=transform).attach(engine, f"{name}_auroc")
+            AveragePrecision(output_transform=transform).attach(engine, f"{name}_ap")
+            self.attached.append(name)
+        logging.getLogger("medad_monai").info(f"evaluating image scores: {', '.join(self.attached)}")

@@ -1,0 +1,57 @@
+"""Calibrate a model's decision threshold on validation normals (never on test images)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+__all__ = ["ThresholdCalibrator", "quantile_threshold"]
+
+
+def quantile_threshold(normal_scores: np.ndarray, quantile: float = 0.95) -> float:
+    """The ``quantile`` of validation-normal image scores: about ``1 - quantile`` of normals are flagged."""
+    s = np.asarray(normal_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("threshold calibration needs at least one validation normal image")
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    return float(np.quantile(s, quantile))
+
+
+class ThresholdCalibrator:
+    """Collects the image scores of an evaluator over validation normals and stores their ``quantile`` in
+    ``network.threshold`` (a buffer, so ``model.pt`` and the exported model carry it).
+
+    Args:
+        network: model with a scalar ``threshold`` buffer.
+        quantile: high quantile of normal scores (DESIGN §2: no abnormal validation images exist).
+        score_key: key of the image score in the decollated evaluator output.
+    """
+
+    def __init__(self, network: nn.Module, quantile: float = 0.95, score_key: str = "score") -> None:
+        self.network, self.quantile, self.score_key = network, quantile, score_key
+        self.scores: list[float] = []
+        self.logger = logging.getLogger("medad_monai")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.scores.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._calibrate)
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        items = out if isinstance(out, list) else [out]
+        for item in items:
+            self.scores.extend(torch.as_tensor(item[self.score_key]).detach().cpu().reshape(-1).tolist())
+
+    def _calibrate(self, engine: Engine) -> None:
+        value = quantile_threshold(np.asarray(self.scores), self.quantile)
+        self.network.threshold.fill_(value)
+        engine.state.metrics["threshold"] = value
+        self.logger.info(
+            f"threshold = {value:.6g}: the {self.quantile:.3f} quantile of {len(self.scores)} validation-normal scores"
+        )

@@ -1,0 +1,61 @@
+"""Atomic file writes, so an interrupted run never leaves a truncated checkpoint, table or picture."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_text", "atomic_write_json"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one ``os.replace``.
+
+    The temporary file lives in the destination folder so the final rename never crosses file systems.
+    On any exception the temporary file is removed and the previous ``path`` (if any) is left untouched.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` that never leaves a half-written file at ``path``."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    return atomic_write_text(json.dumps(obj, indent=indent, default=str) + "\n", path)
+
+
+def atomic_savefig(save: Callable[[Path], None], path: str | os.PathLike) -> Path:
+    """Run ``save(tmp_path)`` (e.g. ``lambda p: fig.savefig(p, format='png')``) and move the result to ``path``."""
+    with atomic_path(path) as tmp:
+        save(tmp)
+    return Path(path)

@@ -1,0 +1,1 @@
+"""Anomaly-detection metrics computed exactly from scores."""

@@ -1,0 +1,1 @@
+"""Neural network modules: teachers, students, autoencoders and the method models."""

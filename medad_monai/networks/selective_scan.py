@@ -1,0 +1,275 @@
+"""Selective scan (S6) for VMamba in pure PyTorch.
+
+VMamba (Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024, Sec. 3 / Eq. 1-2 and App. on the
+selective scan) runs the Mamba S6 recurrence over K = 4 flattened copies of a feature map:
+
+    dA_t = exp(delta_t * A),  h_t = dA_t * h_{t-1} + delta_t * B_t * u_t,  y_t = <C_t, h_t> + D * u_t
+
+with ``delta_t = softplus(delta_t + delta_bias)``. The official code calls a CUDA kernel through
+``selective_scan_fn(u, delta, A, B, C, D, delta_bias, delta_softplus)`` (``classification/models/csms6s.py``),
+whose only CPU fallback, ``selective_scan_torch``, loops over every sequence position. This module provides:
+
+* :func:`selective_scan_ref`: the same sequential recurrence, kept as the ground truth for tests;
+* :func:`selective_scan_chunked`: a vectorised chunked scan with no Python loop over the sequence length;
+* :func:`selective_scan`: the dispatcher used by the network (``mamba_ssm``'s CUDA kernel for CUDA tensors when
+  that optional package is installed, the chunked PyTorch scan otherwise).
+
+Shapes follow the official grouped convention: ``u``/``delta`` ``(batch, K*D, L)``, ``A`` ``(K*D, N)``,
+``B``/``C`` ``(batch, K, N, L)`` (channel ``k*D + d`` reads group ``k``) or ``(batch, N, L)`` (one group),
+``D``/``delta_bias`` ``(K*D,)``.
+"""
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "HAS_MAMBA_SSM",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_ref",
+]
+
+# Chunk length of the vectorised scan. The intra-chunk closed form materialises a (T x T) decay matrix per channel
+# and state, i.e. L*T*N values per channel, while the inter-chunk pass costs only log2(L/T) cheap steps; a short chunk
+# therefore keeps memory and CPU time low (see benchmarks/bench_selective_scan.py for the measured trade-off).
+DEFAULT_CHUNK_SIZE = 4
+
+try:  # optional fused CUDA kernel (Gu & Dao, "Mamba"); never required
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan_fn
+except Exception:  # ImportError, or the compiled extension failing to load against this torch build
+    _mamba_selective_scan_fn = None
+
+HAS_MAMBA_SSM: bool = _mamba_selective_scan_fn is not None
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    """Fail early with readable messages instead of an opaque view/broadcast error deep inside the scan.
+
+    Skipped while tracing: shape comparisons would be recorded as constant tensor-to-bool conversions.
+    """
+    if torch.jit.is_tracing():
+        return
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (batch, K*D, L), got {list(u.shape)} and {list(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != u.shape[1]:
+        raise ValueError(f"A must be (K*D, N) with K*D={u.shape[1]}, got {list(A.shape)}")
+    if B.dim() != 4 or C.shape != B.shape:
+        raise ValueError(f"B and C must both be (batch, K, N, L) or (batch, N, L), got {list(B.shape)}, {list(C.shape)}")
+    if B.shape[0] != u.shape[0] or B.shape[2] != A.shape[1] or B.shape[3] != u.shape[2]:
+        raise ValueError(f"B/C {list(B.shape)} do not match u {list(u.shape)} and A {list(A.shape)}")
+    if u.shape[1] % B.shape[1] != 0:
+        raise ValueError(f"K*D={u.shape[1]} is not divisible by the number of B/C groups K={B.shape[1]}")
+
+
+def _prepare_delta(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
+    """Apply the official ``delta = softplus(delta + delta_bias)`` in float32 (the kernels also do this in fp32)."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float().unsqueeze(-1)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """Sequential S6 reference: one recurrence step per sequence position (mirrors ``selective_scan_torch`` of the
+    official ``csms6s.py``). O(L) Python iterations; use it only for testing and benchmarking.
+
+    Returns ``y`` of shape ``(batch, K*D, L)`` in ``u``'s dtype (computed in float32).
+    """
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
+    _check_shapes(u, delta, A, B, C)
+    dtype_in = u.dtype
+    batch, kd, seqlen = u.shape
+    groups, d_state = B.shape[1], A.shape[1]
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    uf, Af = u.float(), A.float()
+    # expand the per-group B/C to every channel of the group (channel k*D + d belongs to group k)
+    Bx = B.float().repeat_interleave(kd // groups, dim=1)  # (batch, K*D, N, L)
+    Cx = C.float().repeat_interleave(kd // groups, dim=1)
+    decay = torch.exp(delta.unsqueeze(2) * Af.unsqueeze(-1))  # (batch, K*D, N, L)
+    inp = (delta * uf).unsqueeze(2) * Bx  # (batch, K*D, N, L)
+    h = u.new_zeros((batch, kd, d_state), dtype=torch.float32)
+    ys = []
+    for t in range(seqlen):
+        h = decay[..., t] * h + inp[..., t]
+        ys.append((h * Cx[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + uf * D.float().unsqueeze(-1)
+    return y.to(dtype_in)
+
+
+def _segsum(x: Tensor) -> Tensor:
+    """Stable segment sums, as in Mamba-2's SSD ``segsum`` (Dao & Gu, 2024, "Transformers are SSMs", Listing 1).
+
+    For ``x`` of shape ``(..., T)`` returns ``(..., T, T)`` with ``out[..., t, s] = x[s+1] + ... + x[t]`` for
+    ``s <= t`` and ``-inf`` above the diagonal, so ``exp(out)`` is the causal decay matrix. Summing the masked values
+    directly (instead of ``cumsum[t] - cumsum[s]``) avoids the cancellation error of subtracting two large
+    cumulative log-decays, which would otherwise perturb decays close to 1.
+    """
+    T = x.size(-1)
+    ones = torch.ones(T, T, dtype=x.dtype, device=x.device)
+    # element [t, s] holds x[t] when t > s (else 0), so a cumsum down the rows yields sum_{s < k <= t} x[k];
+    # a multiply by a 0/1 mask is markedly faster on CPU than torch.where with this broadcast
+    out = torch.cumsum(x.unsqueeze(-1) * ones.tril(-1), dim=-2)
+    return out.masked_fill_(ones.triu(1) > 0, float("-inf"))
+
+
+def _scan_chunk_states(decay: Tensor, states: Tensor) -> Tensor:
+    """Inclusive scan of the chunk-level recurrence ``H_c = decay_c * H_{c-1} + states_c`` along the last dim.
+
+    Hillis-Steele doubling in ceil(log2(#chunks)) steps: each element is the affine map ``h -> a*h + s`` and these
+    maps compose associatively, so step ``k`` folds in the element ``2**k`` positions earlier. ``decay`` lies in
+    [0, 1] for VMamba (softplus(delta) >= 0, A < 0), so the running products can only underflow, harmlessly, to 0.
+    """
+    n = states.size(-1)
+    offset = 1
+    while offset < n:
+        # the first `offset` elements have nothing to fold in; they are kept as they are
+        states = torch.cat([states[..., :offset], torch.addcmul(states[..., offset:], decay[..., offset:],
+                                                                  states[..., : n - offset])], dim=-1)
+        decay = torch.cat([decay[..., :offset], decay[..., offset:] * decay[..., : n - offset]], dim=-1)
+        offset *= 2
+    return states
+
+
+def selective_scan_chunked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """Vectorised chunked selective scan (no Python loop over L), same semantics as :func:`selective_scan_ref`.
+
+    The sequence is split into chunks of ``chunk_size`` (the last one zero-padded: delta = 0 means decay 1 and no
+    input, so padding never changes earlier outputs). Inside a chunk the recurrence is solved in closed form,
+    ``h_t = sum_{s<=t} exp(S_t - S_s) delta_s B_s u_s`` with ``S`` the cumulative log-decay, using the masked segment
+    sums of :func:`_segsum` (the SSD "diagonal block" of Mamba-2). The chunk-end states are then carried across
+    chunks with a log-depth associative scan, and each position adds the carried state decayed by ``exp(S_t)``.
+    Memory is O(batch * K*D * N * L * chunk_size) floats for the decay matrices.
+    """
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
+    _check_shapes(u, delta, A, B, C)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    dtype_in = u.dtype
+    batch, kd, seqlen = u.shape
+    groups, d_state = B.shape[1], A.shape[1]
+    dg = kd // groups
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    uf = u.float()
+    Bf, Cf = B.float(), C.float()
+
+    T = min(chunk_size, seqlen)  # a short sequence is one chunk; never pad it up to a long chunk
+    pad = (T - seqlen % T) % T
+    x = delta * uf  # the scan input is delta_t * u_t (times B_t per state)
+    if pad > 0:
+        delta = F.pad(delta, [0, pad])
+        x = F.pad(x, [0, pad])
+        Bf = F.pad(Bf, [0, pad])
+        Cf = F.pad(Cf, [0, pad])
+    nc = (seqlen + pad) // T
+
+    # working layout (batch, K, D, N, chunk, T); B/C broadcast over D, u/delta over N
+    dA = delta.view(batch, groups, dg, 1, nc, T) * A.float().view(1, groups, dg, d_state, 1, 1)
+    xb = x.view(batch, groups, dg, 1, nc, T) * Bf.view(batch, groups, 1, d_state, nc, T)
+
+    # 1) intra-chunk closed form, as if every chunk started from h = 0 (a batched mat-vec per chunk)
+    decay = torch.exp(_segsum(dA))  # (batch, K, D, N, chunk, T, T), zero above the diagonal
+    h_intra = torch.matmul(decay, xb.unsqueeze(-1)).squeeze(-1)  # (batch, K, D, N, chunk, T)
+
+    # 2) inter-chunk: carry the chunk-end states forward; the state entering chunk c is H_{c-1} (0 for c = 0)
+    decay_from_start = torch.exp(torch.cumsum(dA, dim=-1))  # exp(S_t), decay from the chunk start to t
+    chunk_end = _scan_chunk_states(decay_from_start[..., -1], h_intra[..., -1])
+    h_enter = F.pad(chunk_end[..., : nc - 1], [1, 0])
+    h = torch.addcmul(h_intra, decay_from_start, h_enter.unsqueeze(-1))
+
+    # 3) read-out y_t = <C_t, h_t> (+ D u_t)
+    y = (h * Cf.view(batch, groups, 1, d_state, nc, T)).sum(3).reshape(batch, kd, nc * T)[..., :seqlen]
+    if D is not None:
+        y = y + uf * D.float().unsqueeze(-1)
+    return y.to(dtype_in)
+
+
+@torch.jit.unused
+def _selective_scan_mamba_cuda(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor],
+    delta_bias: Optional[Tensor],
+    delta_softplus: bool,
+) -> Tensor:
+    """Fused CUDA kernel of ``mamba_ssm`` (accepts the grouped (batch, K, N, L) B/C layout natively).
+
+    Keyword arguments matter: its positional signature has ``z`` between ``D`` and ``delta_bias``.
+    """
+    fn: Any = _mamba_selective_scan_fn
+    return fn(
+        u.contiguous(),
+        delta.contiguous(),
+        A.float().contiguous(),
+        B.contiguous(),
+        C.contiguous(),
+        D=None if D is None else D.float().contiguous(),
+        z=None,
+        delta_bias=None if delta_bias is None else delta_bias.float().contiguous(),
+        delta_softplus=delta_softplus,
+    )
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    use_cuda_kernel: bool = True,
+) -> Tensor:
+    """Selective scan with the argument order of VMamba's ``selective_scan_fn`` (see module docstring for shapes).
+
+    Uses ``mamba_ssm``'s CUDA kernel when it is installed, ``use_cuda_kernel`` is set and ``u`` is on CUDA; the
+    vectorised :func:`selective_scan_chunked` otherwise (CPU, no ``mamba_ssm``, TorchScript scripting or tracing,
+    where a Python autograd Function could not be serialised).
+    """
+    # TorchScript does not compile this block (is_scripting() is resolved at compile time), so the optional
+    # kernel never leaks into scripted graphs; tracing skips it because a Python autograd Function cannot be saved
+    if not torch.jit.is_scripting():
+        if HAS_MAMBA_SSM and use_cuda_kernel and u.is_cuda and not torch.jit.is_tracing():
+            if B.dim() == 3:
+                B = B.unsqueeze(1)
+            if C.dim() == 3:
+                C = C.unsqueeze(1)
+            return _selective_scan_mamba_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)

@@ -1,0 +1,277 @@
+"""MONAI dictionary transforms for anomaly detection.
+
+Loading with errors that name the file, each method's channel policy, mask checks, DDAD's synthetic patch anomalies
+(Cai et al., MedIA 2023, §3.4) and the postprocessing that turns an anomaly map into an image score and a decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImaged, MapTransform, RandomizableTransform
+from torch import nn
+
+__all__ = [
+    "AnomalyScored",
+    "ChannelPolicyd",
+    "CheckMaskSized",
+    "ImageReadError",
+    "LoadAnomalyImaged",
+    "RandPatchBlendAnomalyd",
+    "ThresholdDecisiond",
+    "source_name",
+]
+
+# ITU-R BT.601 luma weights: how RGB (screenshots, JPEG exports of radiographs) becomes one channel.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class ImageReadError(RuntimeError):
+    """An input image could not be read or does not fit the pipeline; the message names the file."""
+
+
+def source_name(value: Any) -> str:
+    """The file an image came from, as far as its metadata knows."""
+    if isinstance(value, MetaTensor):
+        return str(value.meta.get("filename_or_obj", "<in-memory image>"))
+    return "<in-memory image>"
+
+
+class LoadAnomalyImaged(MapTransform):
+    """``LoadImaged`` (channel first) that reports unreadable files by name and flattens 2D images.
+
+    PNG/JPEG (8/16 bit, grayscale or RGB), DICOM and NIfTI are read by MONAI's readers. A 2D image stored as
+    ``(H, W, 1)`` (e.g. a one-slice NIfTI) is squeezed to 2D; a true 3D volume in a 2D pipeline is an error that
+    says what to do.
+
+    Args:
+        keys: keys of the image (and mask) paths.
+        allow_missing_keys: skip absent keys (e.g. ``mask`` on normal images).
+        spatial_dims: spatial dimensions the pipeline expects (2 for the bundles' 2D networks).
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, spatial_dims: int = 2) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_dims = spatial_dims
+        self.loader = LoadImaged(keys, image_only=True, ensure_channel_first=True, allow_missing_keys=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            try:
+                img = self.loader({key: path})[key]
+            except Exception as e:  # readers raise many types; the user needs the file and the reason
+                raise ImageReadError(f"cannot read {key} file '{path}': {type(e).__name__}: {e}") from e
+            while img.ndim > self.spatial_dims + 1 and img.shape[-1] == 1:
+                img = img[..., 0]
+            if img.ndim != self.spatial_dims + 1:
+                raise ImageReadError(
+                    f"{key} file '{path}' has shape {tuple(img.shape[1:])} (channels first: {tuple(img.shape)}), "
+                    f"not a {self.spatial_dims}D image; score 3D volumes slice by slice (see the MONAI Label and "
+                    "Deploy integrations) or export 2D slices"
+                )
+            if not torch.isfinite(img).all():
+                raise ImageReadError(f"{key} file '{path}' contains NaN or infinite values")
+            d[key] = img
+        return d
+
+
+class ChannelPolicyd(MapTransform):
+    """Bring images to the channel count a method expects.
+
+    ``channels=1`` (DDAD): RGB(A) becomes luma (BT.601), alpha dropped. ``channels=3`` (WideResNet/VMamba
+    teachers): grayscale is replicated to 3 channels, alpha dropped. Anything else is an error naming the file.
+    """
+
+    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.channels = channels
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            c = img.shape[0]
+            if c == 4:  # RGBA: alpha is not image content
+                img, c = img[:3], 3
+            if c not in (1, 3):
+                raise ImageReadError(f"{key} '{source_name(img)}' has {c} channels; expected grayscale or RGB")
+            if self.channels == 1 and c == 3:
+                w = torch.as_tensor(_LUMA, dtype=img.dtype, device=img.device).view(3, *([1] * (img.ndim - 1)))
+                img = (img * w).sum(0, keepdim=True)
+            elif self.channels == 3 and c == 1:
+                img = img.repeat(3, *([1] * (img.ndim - 1)))
+            d[key] = img
+        return d
+
+
+class CheckMaskSized(MapTransform):
+    """Check that a mask has the spatial size of its image (run right after loading, before resizing).
+
+    A mask of another size is an error naming both files; the mask is binarised to one channel otherwise. Items
+    without a mask (normal images) get an all-zero mask when ``fill_missing``, so that batches mixing normal and
+    anomalous images collate.
+    """
+
+    def __init__(self, image_key: str = "image", mask_key: str = "mask", fill_missing: bool = True) -> None:
+        super().__init__([mask_key], allow_missing_keys=True)
+        self.image_key, self.mask_key, self.fill_missing = image_key, mask_key, fill_missing
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.mask_key not in d:
+            if self.fill_missing:
+                img = d[self.image_key]
+                d[self.mask_key] = MetaTensor(torch.zeros((1, *img.shape[1:]), dtype=torch.float32),
+                                              affine=getattr(img, "affine", None))
+            return d
+        img, mask = d[self.image_key], d[self.mask_key]
+        if tuple(img.shape[1:]) != tuple(mask.shape[1:]):
+            raise ImageReadError(
+                f"mask '{source_name(mask)}' has size {tuple(mask.shape[1:])} but its image "
+                f"'{source_name(img)}' has size {tuple(img.shape[1:])}"
+            )
+        d[self.mask_key] = (mask.amax(0, keepdim=True) > 0).to(torch.float32)
+        return d
+
+
+class RandPatchBlendAnomalyd(RandomizableTransform, MapTransform):
+    """DDAD's self-supervised anomaly: blend a square patch of another normal image into this one (MedIA 2023 §3.4).
+
+    With probability ``prob``: a centre uniform in the central ``core_fraction`` of the image, a half-width uniform
+    in ``[round(min_half_width * W), round(max_half_width * W))`` pixels, one ``alpha ~ U(0, 1)`` for the patch;
+    ``image = (1 - alpha * m) * image + alpha * m * source`` with ``m`` the square, and the target mask is the square
+    (as the official ``SelfAnomalyDataset.generate_anomaly``). Otherwise the mask is empty.
+
+    Args:
+        image_key: image to corrupt (C, H, W).
+        source_key: another normal image of the same size (provided by :class:`~medad_monai.data.PartnerDataset`).
+        mask_key, label_key: outputs: the target mask (1, H, W) float {0, 1} and the image label (0/1).
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        source_key: str = "source",
+        mask_key: str = "mask",
+        label_key: str = "label",
+        prob: float = 0.5,
+        core_fraction: float = 0.8,
+        min_half_width: float = 0.05,
+        max_half_width: float = 0.2,
+    ) -> None:
+        MapTransform.__init__(self, [image_key])
+        RandomizableTransform.__init__(self, prob)
+        self.image_key, self.source_key = image_key, source_key
+        self.mask_key, self.label_key = mask_key, label_key
+        self.core_fraction, self.min_half_width, self.max_half_width = core_fraction, min_half_width, max_half_width
+
+    def sample_box(self, h: int, w: int) -> tuple[int, int, int, int, float]:
+        """Random (y0, y1, x0, x1, alpha) of the patch, clipped to the image."""
+        off_y, off_x = (1 - self.core_fraction) * h / 2, (1 - self.core_fraction) * w / 2
+        cy = int(self.R.randint(int(off_y), int(off_y + self.core_fraction * h)))
+        cx = int(self.R.randint(int(off_x), int(off_x + self.core_fraction * w)))
+        lo, hi = int(round(self.min_half_width * w)), int(round(self.max_half_width * w))
+        half = int(self.R.randint(lo, max(hi, lo + 1)))
+        alpha = float(self.R.uniform(0.0, 1.0))
+        return max(cy - half, 0), min(cy + half, h), max(cx - half, 0), min(cx + half, w), alpha
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        img = d[self.image_key]
+        self.randomize(None)
+        mask = torch.zeros((1, *img.shape[1:]), dtype=torch.float32)
+        if self._do_transform:
+            source = d[self.source_key]
+            if tuple(source.shape) != tuple(img.shape):
+                raise ValueError(f"source image shape {tuple(source.shape)} != image shape {tuple(img.shape)}")
+            y0, y1, x0, x1, alpha = self.sample_box(img.shape[-2], img.shape[-1])
+            blend = torch.zeros_like(mask)
+            blend[:, y0:y1, x0:x1] = alpha
+            img = (1 - blend) * img + blend * torch.as_tensor(source)
+            mask = (blend > 0).to(torch.float32)
+        d[self.image_key] = img
+        d[self.mask_key] = mask
+        d[self.label_key] = int(mask.any())
+        d.pop(self.source_key, None)
+        return d
+
+
+class AnomalyScored(MapTransform):
+    """Image score from an anomaly map: ``max`` (D²4FAD, PDD) or ``mean`` (DDAD) over the map's pixels."""
+
+    def __init__(self, keys: KeysCollection = "pred", reduction: str = "max", score_key: str = "score") -> None:
+        super().__init__(keys)
+        if reduction not in ("max", "mean"):
+            raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
+        self.reduction, self.score_key = reduction, score_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            m = torch.as_tensor(d[key]).float()
+            d[self.score_key] = m.max() if self.reduction == "max" else m.mean()
+        return d
+
+
+class ThresholdDecisiond(MapTransform):
+    """Decision ``score > threshold`` with the threshold read from the network's ``threshold`` buffer at call time.
+
+    Reading the buffer when the transform runs (not when the config is parsed) means the value calibrated during
+    training and loaded from ``model.pt`` is the one used.
+    """
+
+    def __init__(self, network: nn.Module, score_key: str = "score", decision_key: str = "decision") -> None:
+        super().__init__([score_key])
+        self.network, self.score_key, self.decision_key = network, score_key, decision_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        threshold = float(self.network.threshold)
+        d["threshold"] = threshold
+        d[self.decision_key] = int(float(d[self.score_key]) > threshold) if np.isfinite(threshold) else -1
+        return d
+
+
+class SaveAnomalyMapd(MapTransform):
+    """Write each anomaly map as float32 NIfTI ``<output_dir>/<source stem>_<postfix>.nii.gz``, atomically.
+
+    The map keeps the affine of its (inverted, i.e. original-geometry) MetaTensor, so it overlays the input in a
+    viewer. The written path is stored under ``<key>_file``.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str, postfix: str = "anomaly_map",
+                 image_key: str = "image") -> None:
+        super().__init__(keys)
+        self.output_dir, self.postfix, self.image_key = output_dir, postfix, image_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        import gzip
+        import os
+
+        import nibabel as nib
+
+        from medad_monai.data.datalists import file_stem
+        from medad_monai.io import atomic_path
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            m = d[key]
+            arr = torch.as_tensor(m).detach().cpu().float().numpy()
+            arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+            affine = np.asarray(m.affine if isinstance(m, MetaTensor) else np.eye(4), dtype=np.float64)
+            stem = file_stem(source_name(d.get(self.image_key, m)))
+            path = os.path.join(self.output_dir, f"{stem}_{self.postfix}.nii.gz")
+            nifti = nib.Nifti1Image(arr.astype(np.float32), affine)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=6))
+            d[f"{key}_file"] = path
+        return d

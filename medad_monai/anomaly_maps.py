@@ -66,13 +66,11 @@ def multiscale_anomaly_map(
         ``(B, 1, H, W)`` anomaly map.
     """
     if mode != "sum" and mode != "mean" and mode != "product":
-        raise ValueError("multiscale_anomaly_map: mode must be 'sum', 'mean' or 'product', got '" + mode + "'")
+        raise ValueError(f"multiscale_anomaly_map: mode must be 'sum', 'mean' or 'product', got '{mode}'")
     if len(feats_a) != len(feats_b) or len(feats_a) == 0:
         raise ValueError(
-            "multiscale_anomaly_map: expected two non-empty feature lists of equal length, got "
-            + str(len(feats_a))
-            + " and "
-            + str(len(feats_b))
+            f"multiscale_anomaly_map: expected two non-empty feature lists of equal length, got {len(feats_a)} and "
+            f"{len(feats_b)}"
         )
     amap = F.interpolate(
         cosine_distance_map(feats_a[0], feats_b[0]), size=out_size, mode="bilinear", align_corners=align_corners
@@ -135,7 +133,7 @@ class GaussianBlur2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
-            raise ValueError("GaussianBlur2d expects a (B, C, H, W) tensor, got " + str(x.dim()) + " dimensions")
+            raise ValueError(f"GaussianBlur2d expects a (B, C, H, W) tensor, got {x.dim()} dimensions")
         if self.radius == 0:
             return x
         b, c, h, w = x.shape
@@ -161,7 +159,7 @@ def image_score(anomaly_map: Tensor, reduction: str = "max") -> Tensor:
         return flat.amax(dim=1)
     if reduction == "mean":
         return flat.mean(dim=1)
-    raise ValueError("image_score: reduction must be 'max' or 'mean', got '" + reduction + "'")
+    raise ValueError(f"image_score: reduction must be 'max' or 'mean', got '{reduction}'")
 
 
 class AnomalyMapGenerator(nn.Module):

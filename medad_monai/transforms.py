@@ -130,8 +130,9 @@ class CheckMaskSized(MapTransform):
         if self.mask_key not in d:
             if self.fill_missing:
                 img = d[self.image_key]
-                d[self.mask_key] = MetaTensor(torch.zeros((1, *img.shape[1:]), dtype=torch.float32),
-                                              affine=getattr(img, "affine", None))
+                d[self.mask_key] = MetaTensor(
+                    torch.zeros((1, *img.shape[1:]), dtype=torch.float32), affine=getattr(img, "affine", None)
+                )
             return d
         img, mask = d[self.image_key], d[self.mask_key]
         if tuple(img.shape[1:]) != tuple(mask.shape[1:]):
@@ -248,8 +249,9 @@ class SaveAnomalyMapd(MapTransform):
     viewer. The written path is stored under ``<key>_file``.
     """
 
-    def __init__(self, keys: KeysCollection, output_dir: str, postfix: str = "anomaly_map",
-                 image_key: str = "image") -> None:
+    def __init__(
+        self, keys: KeysCollection, output_dir: str, postfix: str = "anomaly_map", image_key: str = "image"
+    ) -> None:
         super().__init__(keys)
         self.output_dir, self.postfix, self.image_key = output_dir, postfix, image_key
 

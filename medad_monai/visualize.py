@@ -25,8 +25,9 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
         plt.close(fig)
 
 
-def plot_roc_curves(scores: Mapping[str, np.ndarray], labels: np.ndarray, path: str | os.PathLike,
-                    title: str = "ROC") -> Path:
+def plot_roc_curves(
+    scores: Mapping[str, np.ndarray], labels: np.ndarray, path: str | os.PathLike, title: str = "ROC"
+) -> Path:
     """One ROC curve per score, AUROC in the legend."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, s in scores.items():
@@ -38,8 +39,9 @@ def plot_roc_curves(scores: Mapping[str, np.ndarray], labels: np.ndarray, path: 
     return _save(fig, path)
 
 
-def plot_score_histograms(scores: Mapping[str, np.ndarray], labels: np.ndarray, path: str | os.PathLike,
-                          threshold: float | None = None) -> Path:
+def plot_score_histograms(
+    scores: Mapping[str, np.ndarray], labels: np.ndarray, path: str | os.PathLike, threshold: float | None = None
+) -> Path:
     """Normal vs anomalous histograms of each score (min-max normalised per score, as the DDAD paper's figures)."""
     names = list(scores)
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)

@@ -1,6 +1,6 @@
 """The vectorised chunked selective scan must reproduce the sequential S6 recurrence (VMamba / Mamba semantics)."""
 
-from typing import Optional, Tuple
+import warnings
 
 import pytest
 import torch
@@ -23,7 +23,7 @@ def _inputs(
     length: int = 37,
     grouped: bool = True,
     seed: int = 0,
-) -> Tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     kd = groups * d
     u = torch.randn(batch, kd, length, generator=g)
@@ -61,8 +61,8 @@ def test_optional_arguments(use_d: bool, use_bias: bool, softplus: bool, grouped
     if not softplus:
         # without softplus the caller must provide a non-negative step (else decays exceed 1 and both blow up)
         delta, delta_bias = delta.abs(), delta_bias.abs()
-    Dx: Optional[torch.Tensor] = D if use_d else None
-    bias: Optional[torch.Tensor] = delta_bias if use_bias else None
+    Dx: torch.Tensor | None = D if use_d else None
+    bias: torch.Tensor | None = delta_bias if use_bias else None
     ref = selective_scan_ref(u, delta, A, B, C, Dx, bias, softplus)
     out = selective_scan(u, delta, A, B, C, Dx, bias, softplus, chunk_size=8)
     assert _max_diff(out, ref) <= TOL
@@ -105,6 +105,16 @@ def test_dtype_is_preserved() -> None:
     assert out.dtype == torch.float64
 
 
+def test_non_contiguous_inputs() -> None:
+    u, delta, A, B, C, D, _ = _inputs(length=13, d_state=2, seed=5)
+    delta = delta.abs()  # no softplus/bias, so _prepare_delta hands the caller's (strided) tensor through
+    ref = selective_scan_ref(u, delta, A, B, C, D, None, False)
+    views = [t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (u, delta, B, C)]
+    assert not any(v.is_contiguous() for v in views)
+    out = selective_scan(views[0], views[1], A, views[2], views[3], D, None, False)
+    assert _max_diff(out, ref) <= TOL
+
+
 def test_invalid_arguments() -> None:
     u, delta, A, B, C, D, delta_bias = _inputs(length=9)
     with pytest.raises(ValueError, match="chunk_size"):
@@ -115,8 +125,25 @@ def test_invalid_arguments() -> None:
         selective_scan(u[:, :-1], delta[:, :-1], A[:-1], B, C)
 
 
+def test_mamba_kernel_argument_mapping(monkeypatch) -> None:
+    # mamba_ssm's selective_scan_fn takes z between D and delta_bias; emulate it on CPU to check the call
+    import medad_monai.networks.selective_scan as ss
+
+    def fake_kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):  # noqa: N803
+        assert z is None and B.dim() == 4
+        return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    monkeypatch.setattr(ss, "_mamba_selective_scan_fn", fake_kernel)
+    u, delta, A, B, C, D, delta_bias = _inputs(length=10, grouped=False)
+    ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
+    out = ss._selective_scan_mamba_cuda(u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, delta_bias, True)
+    assert _max_diff(out, ref) <= TOL
+
+
 def test_torchscript() -> None:
     u, delta, A, B, C, D, delta_bias = _inputs(length=19)
-    scripted = torch.jit.script(selective_scan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in recent torch, but still supported
+        scripted = torch.jit.script(selective_scan)
     ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
     assert _max_diff(scripted(u, delta, A, B, C, D, delta_bias, True, 4, True), ref) <= TOL

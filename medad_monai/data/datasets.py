@@ -29,7 +29,9 @@ class EnsembleDataset(Dataset):
         seed: seed of the permutations.
     """
 
-    def __init__(self, base: Sequence[dict[str, Any]], num_members: int, keys: Sequence[str] = ("image",), seed: int = 0):
+    def __init__(
+        self, base: Sequence[dict[str, Any]], num_members: int, keys: Sequence[str] = ("image",), seed: int = 0
+    ):
         if num_members < 1:
             raise ValueError(f"num_members must be >= 1, got {num_members}")
         if len(base) == 0:

@@ -199,7 +199,7 @@ Generator = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
 DEMO_DOMAINS: dict[str, tuple[Generator, tuple[float, float], tuple[float, float]]] = {
     # name: (generator, lesion radius range as a fraction of the width, absolute contrast range)
-    "brain_mr": (_brain_mr, (0.05, 0.14), (0.2, 0.45)),
+    "brain_mr": (_brain_mr, (0.08, 0.2), (0.25, 0.5)),
     "head_ct": (_head_ct, (0.04, 0.12), (0.2, 0.4)),
     "chest_xray": (_chest_xray, (0.05, 0.13), (0.2, 0.4)),
     "fundus": (_fundus, (0.03, 0.08), (0.2, 0.4)),

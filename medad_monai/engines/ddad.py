@@ -71,8 +71,10 @@ class DDADTraining:
         if dual:
             logger.info(f"DDAD: unlabeled pool of {self.num_unlabeled} images: training NDM, UDM and R_dual/R_intra")
         else:
-            logger.info("DDAD: no unlabeled pool (train/unlabeled is empty or absent): training the NDM and R_intra "
-                        "only; the model will serve R_intra (A_inter and R_dual need a UDM)")
+            logger.info(
+                "DDAD: no unlabeled pool (train/unlabeled is empty or absent): training the NDM and R_intra "
+                "only; the model will serve R_intra (A_inter and R_dual need a UDM)"
+            )
         for name, trainer in (("NDM", self.ndm_trainer), ("UDM", self.udm_trainer), ("ASR", self.asr_trainer)):
             if name == "UDM" and not dual:
                 continue

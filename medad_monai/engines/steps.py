@@ -58,14 +58,19 @@ class PrepareBatchKeys(PrepareBatch):
             raise ValueError("names must match keys one to one")
 
     def __call__(
-        self, batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        self,
+        batchdata: dict[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[Any, Any]:
         missing = [k for k in self.keys if k not in batchdata]
         if missing:
             raise KeyError(f"batch has no {missing} (has {sorted(batchdata)})")
-        moved = {n: torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking, **kwargs)
-                 for k, n in zip(self.keys, self.names)}
+        moved = {
+            n: torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking, **kwargs)
+            for k, n in zip(self.keys, self.names)
+        }
         inputs = moved[self.names[0]] if len(self.keys) == 1 else moved
         target = batchdata.get(CommonKeys.LABEL)
         if isinstance(target, torch.Tensor):

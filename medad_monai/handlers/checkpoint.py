@@ -21,8 +21,9 @@ class AtomicModelSaver:
     MONAI Label load.
     """
 
-    def __init__(self, save_dir: str | os.PathLike, network: nn.Module, filename: str = "model.pt",
-                 epoch_interval: int = 0) -> None:
+    def __init__(
+        self, save_dir: str | os.PathLike, network: nn.Module, filename: str = "model.pt", epoch_interval: int = 0
+    ) -> None:
         self.path = os.path.join(save_dir, filename)
         self.network, self.epoch_interval = network, epoch_interval
 

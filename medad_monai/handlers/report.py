@@ -102,8 +102,11 @@ class EvaluationReport:
         for name, row in results.items():
             f1 = f"{100 * row['f1_max']:.1f}" if "f1_max" in row else "n/a"
             lines.append(f"| {self.labels.get(name, name)} | {100 * row['auroc']:.1f} | {100 * row['ap']:.1f} | {f1} |")
-        lines += ["", f"{record['data']['n_normal']} normal and {record['data']['n_anomalous']} anomalous images; "
-                  f"seed {self.seed}; threshold {threshold:.6g}."]
+        lines += [
+            "",
+            f"{record['data']['n_normal']} normal and {record['data']['n_anomalous']} anomalous images; "
+            f"seed {self.seed}; threshold {threshold:.6g}.",
+        ]
         table = "\n".join(lines) + "\n"
         atomic_write_text(table, self.output_dir / "results.md")
         if both_classes and names:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from ignite.engine import Engine, Events
-from monai.handlers import ROCAUC, AveragePrecision, from_engine
+from monai.handlers import ROCAUC, AveragePrecision, MetricsSaver, from_engine
 from torch import nn
 
 __all__ = ["ScoreMetrics"]
@@ -23,11 +23,19 @@ class ScoreMetrics:
         score_names: candidate score keys in the decollated output.
         network: optional model whose ``score_names()`` lists the available scores.
         label_key: key of the 0/1 image label.
+        save_dir: if given, MONAI's ``MetricsSaver`` writes ``metrics.csv`` there (attached after the metrics, so
+            it sees their values).
     """
 
-    def __init__(self, score_names: Sequence[str] = ("score",), network: nn.Module | None = None,
-                 label_key: str = "label") -> None:
+    def __init__(
+        self,
+        score_names: Sequence[str] = ("score",),
+        network: nn.Module | None = None,
+        label_key: str = "label",
+        save_dir: str | None = None,
+    ) -> None:
         self.score_names, self.network, self.label_key = list(score_names), network, label_key
+        self.save_dir = save_dir
         self.attached: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -47,4 +55,6 @@ class ScoreMetrics:
             ROCAUC(output_transform=transform).attach(engine, f"{name}_auroc")
             AveragePrecision(output_transform=transform).attach(engine, f"{name}_ap")
             self.attached.append(name)
+        if self.save_dir is not None:
+            MetricsSaver(save_dir=self.save_dir, metrics="*").attach(engine)
         logging.getLogger("medad_monai").info(f"evaluating image scores: {', '.join(self.attached)}")

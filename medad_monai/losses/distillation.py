@@ -22,12 +22,10 @@ __all__ = ["CosineDistillationLoss", "cosine_distillation_loss", "pixelwise_cosi
 
 def _check_lists(a: list[Tensor], b: list[Tensor], name: str) -> None:
     if len(a) != len(b) or len(a) == 0:
-        raise ValueError(
-            name + ": expected two non-empty feature lists of equal length, got " + str(len(a)) + " and " + str(len(b))
-        )
+        raise ValueError(f"{name}: expected two non-empty feature lists of equal length, got {len(a)} and {len(b)}")
     for i in range(len(a)):
         if a[i].shape != b[i].shape:
-            raise ValueError(name + ": shape mismatch at scale " + str(i))
+            raise ValueError(f"{name}: shape mismatch at scale {i}: {list(a[i].shape)} vs {list(b[i].shape)}")
 
 
 def cosine_distillation_loss(a: list[Tensor], b: list[Tensor], eps: float = 1e-8) -> Tensor:

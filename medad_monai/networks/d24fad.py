@@ -44,15 +44,18 @@ def l2w_weights(query: Tensor, keys: Tensor, scale: float) -> Tensor:
         scale: logit scale, ``C ** -0.5`` in D²4FAD (channels only, although the dot product runs over ``C*h*w``).
 
     Returns:
-        ``(B, K)`` weights, each row summing to one.
+        ``(B, K)`` float32 weights, each row summing to one.
     """
     b = query.shape[0]
-    q = query.reshape(b, -1)
-    if keys.dim() == 4:
-        logits = q @ keys.reshape(keys.shape[0], -1).t()
-    else:
-        logits = torch.bmm(keys.reshape(b, keys.shape[1], -1), q.unsqueeze(-1)).squeeze(-1)
-    return torch.softmax(logits * scale, dim=1)
+    # The dot products run over C*h*w elements (262k at 128 px) and are only scaled by C**-0.5, so they can exceed
+    # the float16 range: compute the logits in float32 even under autocast (eager; TorchScript ignores the context).
+    with torch.autocast(device_type="cuda", enabled=False), torch.autocast(device_type="cpu", enabled=False):
+        q = query.reshape(b, -1).float()
+        if keys.dim() == 4:
+            logits = q @ keys.reshape(keys.shape[0], -1).float().t()
+        else:
+            logits = torch.bmm(keys.reshape(b, keys.shape[1], -1).float(), q.unsqueeze(-1)).squeeze(-1)
+        return torch.softmax(logits * scale, dim=1)
 
 
 def l2w_prototype(weights: Tensor, values: Tensor) -> Tensor:
@@ -63,6 +66,7 @@ def l2w_prototype(weights: Tensor, values: Tensor) -> Tensor:
         values: support student features, shared ``(K, C, h, w)`` or per query ``(B, K, C, h, w)``.
     """
     b = weights.shape[0]
+    weights = weights.to(values.dtype)
     if values.dim() == 4:
         k, c, h, w = values.shape
         return (weights @ values.reshape(k, -1)).reshape(b, c, h, w)
@@ -163,40 +167,19 @@ class D24FAD(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _check_images(self, x: Tensor, name: str, expected_dim: int) -> None:
         if x.dim() != expected_dim:
-            raise ValueError(
-                "D24FAD: " + name + " must have " + str(expected_dim) + " dimensions, got shape " + str(list(x.shape))
-            )
+            raise ValueError(f"D24FAD: {name} must have {expected_dim} dimensions, got shape {list(x.shape)}")
         if x.shape[-3] != 3:
             raise ValueError(
-                "D24FAD: "
-                + name
-                + " must have 3 channels (grayscale is replicated by the data pipeline), got "
-                + str(x.shape[-3])
+                f"D24FAD: {name} must have 3 channels (grayscale is replicated by the data pipeline), got {x.shape[-3]}"
             )
         if x.shape[-2] != self.image_size or x.shape[-1] != self.image_size:
             raise ValueError(
-                "D24FAD: "
-                + name
-                + " must be "
-                + str(self.image_size)
-                + "x"
-                + str(self.image_size)
-                + " pixels, got "
-                + str(x.shape[-2])
-                + "x"
-                + str(x.shape[-1])
+                f"D24FAD: {name} must be {self.image_size}x{self.image_size} pixels, got {x.shape[-2]}x{x.shape[-1]}"
             )
 
     def _check_num_support(self, k: int, name: str) -> None:
         if k != self.num_support:
-            raise ValueError(
-                "D24FAD: "
-                + name
-                + " has "
-                + str(k)
-                + " support images, the model expects num_support="
-                + str(self.num_support)
-            )
+            raise ValueError(f"D24FAD: {name} has {k} support images, the model expects num_support={self.num_support}")
 
     def _student_features(self, x: Tensor) -> list[Tensor]:
         """``S(T_layer4(x))``: student features in teacher order (the teacher runs without autograd)."""

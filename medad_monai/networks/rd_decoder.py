@@ -132,10 +132,8 @@ class ReverseDistillationDecoder(nn.Module):
     def forward(self, x: Tensor, priors: list[Tensor | None] | None = None) -> list[Tensor]:
         if priors is not None and len(priors) != self.num_stages:
             raise ValueError(
-                "ReverseDistillationDecoder: expected "
-                + str(self.num_stages)
-                + " priors (one per stage, None to skip), got "
-                + str(len(priors))
+                f"ReverseDistillationDecoder: expected {self.num_stages} priors (one per stage, None to skip), "
+                f"got {len(priors)}"
             )
         feats: list[Tensor] = []
         for i, stage in enumerate(self.stages):

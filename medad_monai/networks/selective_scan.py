@@ -1,6 +1,6 @@
 """Selective scan (S6) for VMamba in pure PyTorch.
 
-VMamba (Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024, Sec. 3 / Eq. 1-2 and App. on the
+VMamba (Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024, section "Preliminaries": discretised SSM and
 selective scan) runs the Mamba S6 recurrence over K = 4 flattened copies of a feature map:
 
     dA_t = exp(delta_t * A),  h_t = dA_t * h_{t-1} + delta_t * B_t * u_t,  y_t = <C_t, h_t> + D * u_t
@@ -19,7 +19,7 @@ Shapes follow the official grouped convention: ``u``/``delta`` ``(batch, K*D, L)
 ``D``/``delta_bias`` ``(K*D,)``.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,10 @@ __all__ = [
 ]
 
 # Chunk length of the vectorised scan. The intra-chunk closed form materialises a (T x T) decay matrix per channel
-# and state, i.e. L*T*N values per channel, while the inter-chunk pass costs only log2(L/T) cheap steps; a short chunk
-# therefore keeps memory and CPU time low (see benchmarks/bench_selective_scan.py for the measured trade-off).
+# and state (L*T*N values per channel, plus as many exp), while the inter-chunk pass costs log2(L/T) light steps over
+# L/T states. On CPU at VMamba-T's stage-1 size (L=4096, 1 thread) T=2 and T=4 were fastest (within run-to-run
+# noise), T=1 ~1.2x, T=8 ~1.5-2x, T=16 ~3x and T=64 ~20x slower. Re-tune (e.g. on GPU) with
+# benchmarks/bench_selective_scan.py --sweep.
 DEFAULT_CHUNK_SIZE = 4
 
 try:  # optional fused CUDA kernel (Gu & Dao, "Mamba"); never required
@@ -46,7 +48,7 @@ except Exception:  # ImportError, or the compiled extension failing to load agai
 HAS_MAMBA_SSM: bool = _mamba_selective_scan_fn is not None
 
 
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:  # noqa: N803
     """Fail early with readable messages instead of an opaque view/broadcast error deep inside the scan.
 
     Skipped while tracing: shape comparisons would be recorded as constant tensor-to-bool conversions.
@@ -58,14 +60,16 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> 
     if A.dim() != 2 or A.shape[0] != u.shape[1]:
         raise ValueError(f"A must be (K*D, N) with K*D={u.shape[1]}, got {list(A.shape)}")
     if B.dim() != 4 or C.shape != B.shape:
-        raise ValueError(f"B and C must both be (batch, K, N, L) or (batch, N, L), got {list(B.shape)}, {list(C.shape)}")
+        raise ValueError(
+            f"B and C must both be (batch, K, N, L) or (batch, N, L), got {list(B.shape)}, {list(C.shape)}"
+        )
     if B.shape[0] != u.shape[0] or B.shape[2] != A.shape[1] or B.shape[3] != u.shape[2]:
         raise ValueError(f"B/C {list(B.shape)} do not match u {list(u.shape)} and A {list(A.shape)}")
     if u.shape[1] % B.shape[1] != 0:
         raise ValueError(f"K*D={u.shape[1]} is not divisible by the number of B/C groups K={B.shape[1]}")
 
 
-def _prepare_delta(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
+def _prepare_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
     """Apply the official ``delta = softplus(delta + delta_bias)`` in float32 (the kernels also do this in fp32)."""
     delta = delta.float()
     if delta_bias is not None:
@@ -78,11 +82,11 @@ def _prepare_delta(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: 
 def selective_scan_ref(
     u: Tensor,
     delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    A: Tensor,  # noqa: N803 (official S6 notation)
+    B: Tensor,  # noqa: N803 (official S6 notation)
+    C: Tensor,  # noqa: N803 (official S6 notation)
+    D: Tensor | None = None,  # noqa: N803 (official S6 notation)
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
 ) -> Tensor:
     """Sequential S6 reference: one recurrence step per sequence position (mirrors ``selective_scan_torch`` of the
@@ -120,16 +124,20 @@ def _segsum(x: Tensor) -> Tensor:
     """Stable segment sums, as in Mamba-2's SSD ``segsum`` (Dao & Gu, 2024, "Transformers are SSMs", Listing 1).
 
     For ``x`` of shape ``(..., T)`` returns ``(..., T, T)`` with ``out[..., t, s] = x[s+1] + ... + x[t]`` for
-    ``s <= t`` and ``-inf`` above the diagonal, so ``exp(out)`` is the causal decay matrix. Summing the masked values
-    directly (instead of ``cumsum[t] - cumsum[s]``) avoids the cancellation error of subtracting two large
-    cumulative log-decays, which would otherwise perturb decays close to 1.
+    ``s <= t`` and ``-inf`` above the diagonal, so ``exp(out)`` is the causal decay matrix. Each entry sums exactly
+    its own terms (instead of ``cumsum[t] - cumsum[s]``), which avoids the cancellation error of subtracting two large
+    cumulative log-decays that would otherwise perturb decays close to 1.
+
+    Mamba-2 builds the masked (T, T) copies and runs a cumsum over them; here the same masked sums are one GEMM with
+    a constant 0/1 selection matrix plus a constant 0/-inf mask (a single ``addmm``), which is ~2x faster on CPU.
     """
     T = x.size(-1)
-    ones = torch.ones(T, T, dtype=x.dtype, device=x.device)
-    # element [t, s] holds x[t] when t > s (else 0), so a cumsum down the rows yields sum_{s < k <= t} x[k];
-    # a multiply by a 0/1 mask is markedly faster on CPU than torch.where with this broadcast
-    out = torch.cumsum(x.unsqueeze(-1) * ones.tril(-1), dim=-2)
-    return out.masked_fill_(ones.triu(1) > 0, float("-inf"))
+    idx = torch.arange(T, device=x.device)
+    t, s, k = idx.view(T, 1, 1), idx.view(1, T, 1), idx.view(1, 1, T)
+    select = ((k > s) & (k <= t)).to(x.dtype).reshape(T * T, T).t()  # (T, T*T): [k, (t, s)] = 1 iff s < k <= t
+    mask = torch.zeros(T, T, dtype=x.dtype, device=x.device).masked_fill(s.view(1, T) > t.view(T, 1), float("-inf"))
+    out = torch.addmm(mask.reshape(T * T), x.reshape(-1, T), select)
+    return out.reshape(list(x.shape[:-1]) + [T, T])
 
 
 def _scan_chunk_states(decay: Tensor, states: Tensor) -> Tensor:
@@ -143,8 +151,10 @@ def _scan_chunk_states(decay: Tensor, states: Tensor) -> Tensor:
     offset = 1
     while offset < n:
         # the first `offset` elements have nothing to fold in; they are kept as they are
-        states = torch.cat([states[..., :offset], torch.addcmul(states[..., offset:], decay[..., offset:],
-                                                                  states[..., : n - offset])], dim=-1)
+        states = torch.cat(
+            [states[..., :offset], torch.addcmul(states[..., offset:], decay[..., offset:], states[..., : n - offset])],
+            dim=-1,
+        )
         decay = torch.cat([decay[..., :offset], decay[..., offset:] * decay[..., : n - offset]], dim=-1)
         offset *= 2
     return states
@@ -153,11 +163,11 @@ def _scan_chunk_states(decay: Tensor, states: Tensor) -> Tensor:
 def selective_scan_chunked(
     u: Tensor,
     delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    A: Tensor,  # noqa: N803 (official S6 notation)
+    B: Tensor,  # noqa: N803 (official S6 notation)
+    C: Tensor,  # noqa: N803 (official S6 notation)
+    D: Tensor | None = None,  # noqa: N803 (official S6 notation)
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Tensor:
@@ -168,7 +178,8 @@ def selective_scan_chunked(
     ``h_t = sum_{s<=t} exp(S_t - S_s) delta_s B_s u_s`` with ``S`` the cumulative log-decay, using the masked segment
     sums of :func:`_segsum` (the SSD "diagonal block" of Mamba-2). The chunk-end states are then carried across
     chunks with a log-depth associative scan, and each position adds the carried state decayed by ``exp(S_t)``.
-    Memory is O(batch * K*D * N * L * chunk_size) floats for the decay matrices.
+    Memory is O(batch * K*D * N * L * chunk_size) floats for the decay matrices; ``chunk_size=1`` degenerates to a
+    plain log-depth scan over positions. Autograd works through every step (all operations are differentiable).
     """
     if B.dim() == 3:
         B = B.unsqueeze(1)
@@ -196,11 +207,11 @@ def selective_scan_chunked(
     nc = (seqlen + pad) // T
 
     # working layout (batch, K, D, N, chunk, T); B/C broadcast over D, u/delta over N
-    dA = delta.view(batch, groups, dg, 1, nc, T) * A.float().view(1, groups, dg, d_state, 1, 1)
-    xb = x.view(batch, groups, dg, 1, nc, T) * Bf.view(batch, groups, 1, d_state, nc, T)
+    dA = delta.reshape(batch, groups, dg, 1, nc, T) * A.float().reshape(1, groups, dg, d_state, 1, 1)
+    xb = x.reshape(batch, groups, dg, 1, nc, T) * Bf.reshape(batch, groups, 1, d_state, nc, T)
 
     # 1) intra-chunk closed form, as if every chunk started from h = 0 (a batched mat-vec per chunk)
-    decay = torch.exp(_segsum(dA))  # (batch, K, D, N, chunk, T, T), zero above the diagonal
+    decay = _segsum(dA).exp_()  # (batch, K, D, N, chunk, T, T), zero above the diagonal; in place saves a copy
     h_intra = torch.matmul(decay, xb.unsqueeze(-1)).squeeze(-1)  # (batch, K, D, N, chunk, T)
 
     # 2) inter-chunk: carry the chunk-end states forward; the state entering chunk c is H_{c-1} (0 for c = 0)
@@ -210,7 +221,7 @@ def selective_scan_chunked(
     h = torch.addcmul(h_intra, decay_from_start, h_enter.unsqueeze(-1))
 
     # 3) read-out y_t = <C_t, h_t> (+ D u_t)
-    y = (h * Cf.view(batch, groups, 1, d_state, nc, T)).sum(3).reshape(batch, kd, nc * T)[..., :seqlen]
+    y = (h * Cf.reshape(batch, groups, 1, d_state, nc, T)).sum(3).reshape(batch, kd, nc * T)[..., :seqlen]
     if D is not None:
         y = y + uf * D.float().unsqueeze(-1)
     return y.to(dtype_in)
@@ -220,11 +231,11 @@ def selective_scan_chunked(
 def _selective_scan_mamba_cuda(
     u: Tensor,
     delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor],
-    delta_bias: Optional[Tensor],
+    A: Tensor,  # noqa: N803 (official S6 notation)
+    B: Tensor,  # noqa: N803 (official S6 notation)
+    C: Tensor,  # noqa: N803 (official S6 notation)
+    D: Tensor | None,  # noqa: N803 (official S6 notation)
+    delta_bias: Tensor | None,
     delta_softplus: bool,
 ) -> Tensor:
     """Fused CUDA kernel of ``mamba_ssm`` (accepts the grouped (batch, K, N, L) B/C layout natively).
@@ -248,11 +259,11 @@ def _selective_scan_mamba_cuda(
 def selective_scan(
     u: Tensor,
     delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    A: Tensor,  # noqa: N803 (official S6 notation)
+    B: Tensor,  # noqa: N803 (official S6 notation)
+    C: Tensor,  # noqa: N803 (official S6 notation)
+    D: Tensor | None = None,  # noqa: N803 (official S6 notation)
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     use_cuda_kernel: bool = True,
@@ -265,7 +276,7 @@ def selective_scan(
     """
     # TorchScript does not compile this block (is_scripting() is resolved at compile time), so the optional
     # kernel never leaks into scripted graphs; tracing skips it because a Python autograd Function cannot be saved
-    if not torch.jit.is_scripting():
+    if not torch.jit.is_scripting():  # noqa: SIM102 (must stay a separate `if` for TorchScript)
         if HAS_MAMBA_SSM and use_cuda_kernel and u.is_cuda and not torch.jit.is_tracing():
             if B.dim() == 3:
                 B = B.unsqueeze(1)

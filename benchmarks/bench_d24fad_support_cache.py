@@ -1,0 +1,105 @@
+"""Benchmark: D²4FAD inference with cached support features vs recomputing the support set per query.
+
+The official D²4FAD evaluation (``test.py::evaluation``) pushes the K support images through the teacher and the
+student again for every query (the support set is repeated over the batch). ``D24FAD.set_support`` computes the
+support student features and learn-to-weight keys once and stores them as buffers, so ``D24FAD.forward`` only
+processes the query. This script times both paths per image at K = 2, 4, 8 (random-init teacher: timings do not
+depend on the weights).
+
+Example::
+
+    python benchmarks/bench_d24fad_support_cache.py                 # CPU, 128 px, K = 2 4 8, batch 1
+    python benchmarks/bench_d24fad_support_cache.py --device cuda --batch-size 16 --repeats 20
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from medad_monai.networks.d24fad import D24FAD
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_call(fn: Callable[[], torch.Tensor], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _bench_one(k: int, args: argparse.Namespace, device: torch.device) -> tuple[int, float, float, float, float, float]:
+    """Time cached vs recomputed inference for one support size ``k``; returns one table row."""
+    size, b = args.image_size, args.batch_size
+    torch.manual_seed(0)
+    model = D24FAD(teacher_weights="random", image_size=size, num_support=k).to(device).eval()
+    support = torch.rand(k, 3, size, size, device=device)
+    query = torch.rand(b, 3, size, size, device=device)
+    # per-query: the support set repeated for every query of the batch, exactly what the official test.py computes
+    per_query = support.unsqueeze(0).expand(b, -1, -1, -1, -1)
+    recompute_support = per_query if args.support_mode == "per-query" else support
+    with torch.inference_mode():
+        set_support_s = _time_call(lambda: model.set_support(support), device, 0, 1)[0]
+        cached = _time_call(lambda: model(query), device, args.warmup, args.repeats)
+        recomputed = _time_call(
+            lambda: model.forward_with_support(query, recompute_support), device, args.warmup, args.repeats
+        )
+        max_diff = (model(query) - model.forward_with_support(query, recompute_support)).abs().max().item()
+    c_ms = statistics.median(cached) / b * 1e3
+    r_ms = statistics.median(recomputed) / b * 1e3
+    return k, c_ms, r_ms, r_ms / c_ms, set_support_s * 1e3, max_diff
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8], help="support set sizes K")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=1, help="query images per call")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per configuration")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    parser.add_argument(
+        "--support-mode",
+        choices=["per-query", "shared"],
+        default="per-query",
+        help="recompute path: 'per-query' repeats the K supports for every query as the official test.py "
+        "(B*K support passes per call), 'shared' computes them once per call (K passes); same for batch 1",
+    )
+    args = parser.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(
+        f"torch {torch.__version__} | {platform.processor() or platform.machine()} | cpu_count={os.cpu_count()} | "
+        f"threads={torch.get_num_threads()} | device={device} | image {args.image_size}px | batch {args.batch_size} | "
+        f"repeats {args.repeats} (+{args.warmup} warm-up) | support mode {args.support_mode}"
+    )
+    rows = [_bench_one(k, args, device) for k in args.shots]
+    print()
+    print("| K | cached forward (ms/img) | recompute support (ms/img) | recompute / cached | set_support once (ms) |")
+    print("|---|---|---|---|---|")
+    for k, c_ms, r_ms, ratio, s_ms, _ in rows:
+        print(f"| {k} | {c_ms:.1f} | {r_ms:.1f} | {ratio:.2f}x | {s_ms:.1f} |")
+    print()
+    print("max |cached - recomputed| map difference per K: " + ", ".join(f"K={r[0]}: {r[5]:.2e}" for r in rows))
+    print("times are medians over the timed calls, divided by the batch size")
+
+
+if __name__ == "__main__":
+    main()

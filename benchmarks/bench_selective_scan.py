@@ -1,0 +1,108 @@
+"""Benchmark the vectorised selective scan against the sequential reference, plus a VMamba-T forward pass.
+
+Default sizes are those of VMamba-T's first stage on a 256 px image (Liu et al., "VMamba: Visual State Space
+Model", NeurIPS 2024): L = 64 * 64 = 4096, d_inner = 96, K = 4 scan routes, d_state = 1, batch 1.
+
+    python benchmarks/bench_selective_scan.py                  # CPU, default sizes, < 2 min on 2 cores
+    python benchmarks/bench_selective_scan.py --sweep 1 2 4 8 16 64 --device cuda
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from medad_monai.networks.selective_scan import (
+    DEFAULT_CHUNK_SIZE,
+    selective_scan_chunked,
+    selective_scan_ref,
+)
+from medad_monai.networks.vmamba import vmamba_tiny
+
+
+def _time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed ones (synchronising CUDA)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _fmt(times: list[float]) -> str:
+    return f"median {statistics.median(times) * 1e3:8.2f} ms  (min {min(times) * 1e3:.2f}, n={len(times)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--length", type=int, default=4096, help="sequence length L (H*W of the stage)")
+    parser.add_argument("--d-inner", type=int, default=96, help="channels per scan route")
+    parser.add_argument("--k", type=int, default=4, help="number of scan routes (groups of B/C)")
+    parser.add_argument("--d-state", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--sweep", type=int, nargs="*", default=[], help="extra chunk sizes to time")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of the vectorised scan")
+    parser.add_argument("--ref-repeats", type=int, default=3, help="timed calls of the sequential reference")
+    parser.add_argument("--image-size", type=int, default=256, help="VMamba-T input size; 0 skips the model")
+    parser.add_argument("--model-repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"torch {torch.__version__} | {platform.processor() or platform.machine()} | device {device} | "
+        f"threads {torch.get_num_threads()} | cpus {os.cpu_count()} | load avg {load:.1f}"
+    )
+    if device.type == "cpu" and load > (os.cpu_count() or 1):
+        # multi-threaded ops then wait on descheduled OpenMP peers, which penalises the vectorised scan most
+        print("note: the CPU is oversubscribed; timings are unreliable, --threads 1 is less affected")
+
+    kd = args.k * args.d_inner
+    u = torch.randn(args.batch, kd, args.length, device=device)
+    delta = 0.5 * torch.randn(args.batch, kd, args.length, device=device)
+    A = -torch.exp(torch.randn(kd, args.d_state, device=device))
+    B = torch.randn(args.batch, args.k, args.d_state, args.length, device=device)
+    C = torch.randn_like(B)
+    D = torch.randn(kd, device=device)
+    delta_bias = torch.randn(kd, device=device)
+    scan_args = (u, delta, A, B, C, D, delta_bias, True)
+    print(f"scan: batch {args.batch}, K*D {args.k}x{args.d_inner}, d_state {args.d_state}, L {args.length}")
+
+    with torch.no_grad():
+        ref_out = selective_scan_ref(*scan_args)
+        ref_times = _time(lambda: selective_scan_ref(*scan_args), args.ref_repeats, 0, device)
+        print(f"  sequential reference      : {_fmt(ref_times)}")
+        ref_med = statistics.median(ref_times)
+        for chunk in [args.chunk_size] + [c for c in args.sweep if c != args.chunk_size]:
+            out = selective_scan_chunked(*scan_args, chunk_size=chunk)
+            err = (out - ref_out).abs().max().item()
+            times = _time(lambda c=chunk: selective_scan_chunked(*scan_args, chunk_size=c), args.repeats, 1, device)
+            speedup = ref_med / statistics.median(times)
+            print(f"  chunked, chunk_size={chunk:<5}: {_fmt(times)}  speed-up x{speedup:.1f}  max|diff| {err:.1e}")
+
+        if args.image_size > 0:
+            model = vmamba_tiny(chunk_size=args.chunk_size).to(device).eval()
+            x = torch.randn(1, 3, args.image_size, args.image_size, device=device)
+            times = _time(lambda: model(x), args.model_repeats, 1, device)
+            print(f"VSSM-Tiny forward, 1x3x{args.image_size}x{args.image_size}: {_fmt(times)}")
+
+
+if __name__ == "__main__":
+    main()

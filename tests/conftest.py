@@ -1,0 +1,21 @@
+"""Shared test set-up: demo data in a per-session folder, quiet logs, fixed seeds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+
+# Demo data is generated once per machine (CI sets MEDAD_MONAI_DATA); tests never write into the user's cache.
+os.environ.setdefault("MEDAD_MONAI_DATA", str(REPO / ".pytest-demo-data"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,221 @@
+"""The DDAD bundle through MONAI's own machinery: ConfigWorkflow (train, evaluate, infer), property checks,
+verify_metadata (offline schema), verify_net_in_out, ckpt_export with TorchScript parity, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from PIL import Image
+
+from medad_monai.networks.ddad import DDAD
+from medad_monai.transforms import ImageReadError
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "ddad"
+CONFIGS = BUNDLE / "configs"
+TRAIN, EVALUATE, INFER, META = (
+    str(CONFIGS / f) for f in ("train.json", "evaluate.json", "inference.json", "metadata.json")
+)
+TINY = {"epochs": 1, "asr_epochs": 1, "num_members": 2}
+
+
+def _workflow(config_file, workflow_type: str = "train", run_id: str = "run", **override) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=META,
+        logging_file=False,
+        workflow_type=workflow_type,
+        run_id=run_id,
+        **override,
+    )
+    wf.initialize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A bundle root with a model trained for one epoch per stage on the demo data."""
+    root = tmp_path_factory.mktemp("ddad_bundle")
+    wf = _workflow(TRAIN, run_id="training", bundle_root=str(root), **TINY)
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return root
+
+
+def test_bundle_root_is_the_bundle_folder_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    wf = _workflow(TRAIN)
+    assert Path(wf.parser.get_parsed_content("bundle_root")) == BUNDLE.resolve()
+    assert Path(wf.parser.get_parsed_content("ckpt_dir")) == BUNDLE.resolve() / "models"
+
+
+def test_train_writes_a_flat_state_dict_with_calibrated_threshold(trained):
+    state = torch.load(trained / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert bool(state["has_udm"])  # the demo data has an unlabeled pool -> R_dual
+    assert torch.isfinite(state["threshold"])
+    model = DDAD(num_members=2)
+    model.load_state_dict(state)
+
+
+def test_run_id_run_is_training(tmp_path):
+    wf = _workflow(TRAIN, bundle_root=str(tmp_path))
+    assert wf.parser["run"] == wf.parser.get("training") or wf.parser.get("training") == "%run"
+
+
+def test_evaluate_reports_every_score(trained):
+    wf = _workflow([TRAIN, EVALUATE], run_id="evaluating", bundle_root=str(trained), **TINY)
+    wf.run()
+    record = json.loads((trained / "eval" / "metrics.json").read_text())
+    assert set(record["results"]) == {"rec", "intra", "inter", "r_intra", "r_dual"}
+    for row in record["results"].values():
+        assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["ap"] <= 1.0
+    assert record["provenance"]["seed"] == 0 and record["provenance"]["versions"]["monai"]
+    assert record["data"] == {"n_images": 48, "n_normal": 24, "n_anomalous": 24}
+    for name in ("roc.png", "score_histograms.png", "results.md", "image_scores.csv", "metrics.csv"):
+        assert (trained / "eval" / name).stat().st_size > 0
+    assert "DDAD-R_dual" in (trained / "eval" / "results.md").read_text()
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path) -> Path:
+    """PNG (8-bit gray, RGB, 16-bit), DICOM and 2D NIfTI inputs."""
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (100, 90), dtype=np.uint8)).save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (70, 70, 3), dtype=np.uint8)).save(folder / "color.png")
+    Image.fromarray(rng.integers(0, 65535, (64, 80)).astype(np.uint16)).save(folder / "deep.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    nib.save(nib.Nifti1Image(rng.random((50, 60)).astype(np.float32), np.eye(4)), str(folder / "slice.nii.gz"))
+    return folder
+
+
+def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_folder):
+    out = trained / "infer_out"
+    wf = _workflow(
+        INFER,
+        workflow_type="infer",
+        bundle_root=str(trained),
+        dataset_dir=str(mixed_folder),
+        output_dir=str(out),
+        num_members=2,
+    )
+    assert wf.check_properties() == []
+    wf.run()
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 5
+    for row in rows:
+        assert 0.0 <= float(row["score"]) <= 1.0 and row["decision"] in ("0", "1")
+        src = Path(row["filename"])
+        heat = nib.load(row["pred_file"]).get_fdata()
+        assert heat.dtype == np.float64 and np.isfinite(heat).all()
+        if src.suffix == ".png":  # the map is inverted back to the input's geometry (MONAI reads PNG as W x H)
+            w, h = Image.open(src).size
+            assert heat.shape == (w, h)
+    assert {Path(r["filename"]).name for r in rows} == {p.name for p in mixed_folder.iterdir()}
+
+
+def test_metadata_is_valid_against_the_schema_offline(tmp_path):
+    schema = tmp_path / "schema.json"
+    shutil.copy(REPO / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
+    verify_metadata(meta_file=META, filepath=str(schema))  # raises on an invalid file; never downloads
+    meta = json.loads(Path(META).read_text())
+    assert meta["schema"].endswith("meta_schema_20240725.json")
+    assert {"medad-monai", "pytorch-ignite"} <= set(meta["required_packages_version"])
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "anomaly"}
+
+
+def test_metadata_schema_check_catches_a_missing_key(tmp_path):
+    schema = tmp_path / "schema.json"
+    shutil.copy(REPO / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
+    meta = json.loads(Path(META).read_text())
+    del meta["network_data_format"]["inputs"]["image"]["value_range"]
+    broken = tmp_path / "metadata.json"
+    broken.write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="value_range"):
+        verify_metadata(meta_file=str(broken), filepath=str(schema))
+
+
+def test_verify_net_in_out():
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=INFER, device="cpu")
+
+
+def test_ckpt_export_torchscript_equals_eager(trained, tmp_path):
+    ts = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(trained / "models" / "model.pt"),
+        meta_file=META,
+        config_file=INFER,
+        num_members=2,
+    )
+    scripted = torch.jit.load(str(ts))
+    eager = DDAD(num_members=2)
+    eager.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    eager.eval()
+    x = torch.rand(3, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert (scripted(x) - eager(x)).abs().max().item() <= 1e-5
+    assert float(scripted.threshold) == pytest.approx(float(eager.threshold))  # the threshold travels along
+
+
+def test_corrupt_training_image_is_named(tmp_path):
+    data = tmp_path / "data"
+    good = data / "train" / "good"
+    good.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((64, 64), 10 * i, np.uint8)).save(good / f"n{i}.png")
+    (good / "n9_broken.png").write_bytes(b"\x89PNG truncated")
+    wf = _workflow(TRAIN, bundle_root=str(tmp_path), dataset_dir=str(data), **TINY)
+    with pytest.raises(Exception) as info:
+        wf.run()
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(isinstance(c, ImageReadError) and "n9_broken.png" in str(c) for c in chain)
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_no_unlabeled_pool_trains_r_intra(tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        (data / "train" / "good").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(data / "train" / "good" / f"n{i}.png")
+    wf = _workflow(TRAIN, bundle_root=str(tmp_path), dataset_dir=str(data), batch_size=4, asr_batch_size=4, **TINY)
+    wf.run()
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not bool(state["has_udm"])
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from medad_monai.io import atomic_torch_save
+
+    path = tmp_path / "model.pt"
+    atomic_torch_save({"w": torch.ones(2)}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"w": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["model.pt"]

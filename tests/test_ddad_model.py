@@ -1,0 +1,143 @@
+"""DDAD networks: parameter count, score formulas against hand-computed values, ASR-Net, TorchScript parity."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from medad_monai.networks.autoencoders import AE, AEEnsemble, MemAE, MemoryUnit, build_backbone
+from medad_monai.networks.ddad import DDAD, ASRNet
+
+
+class _Fixed(nn.Module):
+    """Stands in for an ensemble: returns a fixed (B, K, C, H, W) output."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("out", out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out.expand(x.shape[0], *self.out.shape[1:])
+
+
+def _members(*values: float, size: int = 16) -> torch.Tensor:
+    """(1, K, C, H, W) with member k's channel c constant values[k][c]."""
+    return torch.tensor(values, dtype=torch.float32).view(1, len(values), -1, 1, 1).expand(-1, -1, -1, size, size)
+
+
+def test_default_ae_has_the_papers_parameter_count():
+    # MedIA 2023 §4.2: "about 4.49 M parameters"
+    n = sum(p.numel() for p in AE().parameters())
+    assert 4.48e6 < n < 4.50e6
+    assert AE(uncertainty=True)(torch.zeros(2, 1, 64, 64)).shape == (2, 2, 64, 64)
+    assert build_backbone("memae")(torch.zeros(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+
+
+def test_memory_addressing_weights_are_a_distribution():
+    unit = MemoryUnit(mem_dim=25, fea_dim=16, shrink_thres=0.0025)
+    out, att = unit(torch.randn(5, 16))
+    assert out.shape == (5, 16) and att.shape == (5, 25)
+    assert torch.allclose(att.sum(1), torch.ones(5), atol=1e-5)
+    assert (att >= 0).all()
+
+
+def test_backbone_losses():
+    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    for model in (AE(), AE(uncertainty=True), MemAE()):
+        loss, terms = model.loss(x)
+        assert loss.ndim == 0 and torch.isfinite(loss) and "rec" in terms
+    with pytest.raises(ValueError, match="unknown DDAD backbone"):
+        build_backbone("vae")
+
+
+def test_ensemble_training_step_sums_member_losses():
+    torch.manual_seed(0)
+    ens = AEEnsemble(num_members=2, backbone="ae")
+    x = torch.rand(3, 2, 1, 64, 64)
+    out = ens.training_step(x)
+    ref = sum(m.loss(x[:, k])[0] for k, m in enumerate(ens.members))
+    assert out["loss"].item() == pytest.approx(ref.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="expected images"):
+        ens.training_step(torch.rand(3, 1, 64, 64))
+
+
+def test_scores_plain_ae_hand_computed():
+    model = DDAD(backbone="ae", num_members=2, image_size=16).eval()
+    model.ndm = _Fixed(_members([0.0], [1.0]))
+    model.udm = _Fixed(_members([0.2], [0.4]))
+    x = torch.ones(1, 1, 16, 16)
+    maps = model.discrepancy_maps(x)
+    assert set(maps) == {"rec", "intra"}  # no UDM trained yet
+    assert torch.allclose(maps["rec"], torch.full((1, 1, 16, 16), 0.25))  # (1 - 0.5)^2
+    assert torch.allclose(maps["intra"], torch.full((1, 1, 16, 16), math.sqrt(0.5)))  # unbiased std of {0, 1}
+    model.has_udm.fill_(True)
+    maps = model.discrepancy_maps(x)
+    assert torch.allclose(maps["inter"], torch.full((1, 1, 16, 16), 0.2))  # |0.5 - 0.3|
+
+
+def test_scores_ae_u_normalised_by_ndm_variance():
+    model = DDAD(backbone="ae-u", num_members=2, image_size=16).eval()
+    # channel 0: reconstruction, channel 1: log variance; NDM variances 2 and 6 -> mean 4
+    model.ndm = _Fixed(_members([0.0, math.log(2.0)], [1.0, math.log(6.0)]))
+    model.udm = _Fixed(_members([0.2, 0.0], [0.4, 0.0]))
+    model.has_udm.fill_(True)
+    maps = model.discrepancy_maps(torch.ones(1, 1, 16, 16))
+    assert maps["rec"].mean().item() == pytest.approx(0.25 / 4)
+    assert maps["intra"].mean().item() == pytest.approx(math.sqrt(0.5) / 2)
+    assert maps["inter"].mean().item() == pytest.approx(0.2 / 2)
+    scores = model.image_scores(torch.ones(3, 1, 16, 16))
+    assert set(scores) == {"rec", "intra", "inter", "r_intra", "r_dual"}
+    assert all(v.shape == (3,) for v in scores.values())
+    assert scores["rec"][0].item() == pytest.approx(0.0625)
+
+
+def test_forward_serves_r_dual_with_udm_else_r_intra():
+    model = DDAD(backbone="ae", num_members=2, image_size=64).eval()
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.all_maps(x)["r_intra"])
+        assert model.score_names() == ["rec", "intra", "r_intra"]
+        model.has_udm.fill_(True)
+        assert torch.allclose(model(x), model.all_maps(x)["r_dual"])
+    out = model(x)
+    assert out.shape == (2, 1, 64, 64) and ((out >= 0) & (out <= 1)).all()
+
+
+def test_asr_net_architecture():
+    net = ASRNet(2)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (2, 128, (3, 3)),
+        (128, 128, (3, 3)),
+        (128, 2, (3, 3)),
+    ]
+    assert net(torch.zeros(1, 2, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_refinement_step_freezes_ensembles_and_trains_asr():
+    model = DDAD(backbone="ae-u", num_members=2, image_size=64)
+    model.has_udm.fill_(True)
+    model.train()
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[:, :, 20:30, 20:30] = 1
+    out = model.refinement_step(x, mask)
+    out["loss"].backward()
+    assert not model.ndm.training and not model.udm.training
+    assert all(p.grad is None for p in model.ndm.parameters())
+    assert all(p.grad is not None for p in model.asr_dual.parameters())
+    assert set(out) == {"loss", "focal_r_intra", "focal_r_dual"}
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"DDAD expects images \(B, 1, 64, 64\)"):
+        DDAD(num_members=2)(torch.zeros(1, 3, 64, 64))
+
+
+def test_torchscript_matches_eager():
+    model = DDAD(num_members=2).eval()
+    model.has_udm.fill_(True)
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    scripted = torch.jit.script(model)
+    assert torch.allclose(scripted(x), model(x), atol=1e-6)

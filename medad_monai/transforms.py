@@ -6,15 +6,21 @@ Loading with errors that name the file, each method's channel policy, mask check
 
 from __future__ import annotations
 
+import gzip
+import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, RandomizableTransform
 from torch import nn
+
+from medad_monai.data.datalists import file_stem
+from medad_monai.io import atomic_path
 
 __all__ = [
     "AnomalyScored",
@@ -23,6 +29,7 @@ __all__ = [
     "ImageReadError",
     "LoadAnomalyImaged",
     "RandPatchBlendAnomalyd",
+    "SaveAnomalyMapd",
     "ThresholdDecisiond",
     "source_name",
 ]
@@ -256,14 +263,6 @@ class SaveAnomalyMapd(MapTransform):
         self.output_dir, self.postfix, self.image_key = output_dir, postfix, image_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        import gzip
-        import os
-
-        import nibabel as nib
-
-        from medad_monai.data.datalists import file_stem
-        from medad_monai.io import atomic_path
-
         d = dict(data)
         for key in self.key_iterator(d):
             m = d[key]

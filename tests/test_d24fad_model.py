@@ -18,16 +18,6 @@ SIZE = 64
 K = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    # Several intra-op threads on a small shared CPU runner thrash badly when other processes compete for the
-    # cores (10x+ slower in practice); one thread keeps these tests predictable. Restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

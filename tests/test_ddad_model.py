@@ -141,3 +141,15 @@ def test_torchscript_matches_eager():
     x = torch.rand(2, 1, 64, 64) * 2 - 1
     scripted = torch.jit.script(model)
     assert torch.allclose(scripted(x), model(x), atol=1e-6)
+
+
+def test_output_map_option_serves_an_unrefined_score():
+    model = DDAD(backbone="ae", num_members=2, image_size=16, output_map="inter").eval()
+    model.ndm = _Fixed(_members([0.0], [1.0]))
+    model.udm = _Fixed(_members([0.2], [0.4]))
+    x = torch.ones(1, 1, 16, 16)
+    assert torch.allclose(model(x), torch.full((1, 1, 16, 16), math.sqrt(0.5)))  # no UDM yet: A_intra
+    model.has_udm.fill_(True)
+    assert torch.allclose(model(x), torch.full((1, 1, 16, 16), 0.2))  # A_inter
+    with pytest.raises(ValueError, match="output_map must be one of"):
+        DDAD(output_map="best")

@@ -10,15 +10,6 @@ from torch import nn
 from medad_monai.networks.rd_decoder import DeBottleneck, ReverseDistillationDecoder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    # One intra-op thread: predictable timings on small shared CPU runners (see tests/test_d24fad_model.py).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def decoder():
     torch.manual_seed(0)

@@ -25,7 +25,9 @@ from torch import nn
 from medad_monai.losses.focal import focal_loss
 from medad_monai.networks.autoencoders import AEEnsemble
 
-__all__ = ["ASRNet", "DDAD"]
+__all__ = ["ASRNet", "DDAD", "OUTPUT_MAPS"]
+
+OUTPUT_MAPS = ("refined", "rec", "intra", "inter")
 
 logger = logging.getLogger("medad_monai")
 
@@ -66,6 +68,9 @@ class DDAD(nn.Module):
         mem_dim, shrink_thres, entropy_weight: MemAE settings (25, 0, 0.0002 in the official configs).
         asr_channels: ASR-Net width (128).
         eps: floor of the predicted variance in the AE-U normalisation (numerical safety only).
+        output_map: the map ``forward`` serves: ``"refined"`` (the paper: R_dual with a UDM, else R_intra), or one
+            of ``"rec"``, ``"intra"``, ``"inter"`` (falls back to ``"intra"`` without a UDM) for users whose data
+            favours an unrefined score. Thresholds are calibrated on the served map.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class DDAD(nn.Module):
         entropy_weight: float = 0.0002,
         asr_channels: int = 128,
         eps: float = 1e-8,
+        output_map: str = "refined",
     ) -> None:
         super().__init__()
         kwargs = dict(
@@ -98,6 +104,9 @@ class DDAD(nn.Module):
         self.asr_dual = ASRNet(2, asr_channels)
         self.uncertainty = backbone.lower() == "ae-u"
         self.in_channels, self.image_size, self.eps = in_channels, image_size, eps
+        if output_map not in OUTPUT_MAPS:
+            raise ValueError(f"output_map must be one of {OUTPUT_MAPS}, got {output_map!r}")
+        self.output_map = output_map
         # Whether the UDM was trained (an unlabeled pool existed): selects R_dual vs R_intra at inference.
         self.register_buffer("has_udm", torch.tensor(False))
         # Decision threshold on the image score, calibrated on validation normals; NaN until calibrated.
@@ -149,8 +158,11 @@ class DDAD(nn.Module):
         return {name: m.flatten(1).mean(1) for name, m in self.all_maps(x).items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly map ``(B, 1, H, W)``: R_dual if the UDM was trained, else R_intra."""
+        """Anomaly map ``(B, 1, H, W)``: by default R_dual if the UDM was trained, else R_intra (``output_map``)."""
         maps = self.discrepancy_maps(x)
+        if self.output_map != "refined":
+            key = self.output_map if self.output_map in maps else "intra"
+            return maps[key]
         refined = self.refined_maps(maps)
         logits = refined["r_dual"] if "r_dual" in refined else refined["r_intra"]
         return torch.softmax(logits, dim=1)[:, 1:2]

@@ -62,12 +62,35 @@ def _unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def _auto_imagenet_or_random() -> tuple[dict[str, Tensor] | None, str]:
+    """``"auto"``: ImageNet weights when cached or downloadable (probe of a few seconds), else random init.
+
+    The fallback logs a WARNING that the results are not comparable to the paper (Dong et al., ICLR 2026, and the
+    official ``main.py`` use ``wide_resnet50_2(pretrained=True)``) and says how to provide the weights. Pretrained
+    weights are never faked: the fallback is torchvision's random initialisation and is reported as such.
+    """
+    try:
+        state_dict, description = load_wide_resnet50_2_state_dict("imagenet")
+    except RuntimeError as err:
+        logger.warning(
+            "WideResNet50-2 teacher: ImageNet weights unavailable (%s). FALLING BACK TO A RANDOMLY INITIALISED "
+            "TEACHER: results are NOT comparable to the paper's. To use the ImageNet teacher, place '%s' at '%s' "
+            "(the torch hub cache, $TORCH_HOME) or set teacher_weights to a local .pth path.",
+            str(err).split(". Place")[0],
+            WRN50_2_IMAGENET_FILENAME,
+            imagenet_weights_cache_path(),
+        )
+        return None, "random initialisation (teacher_weights='auto': ImageNet weights unavailable)"
+    return state_dict, f"{description} (teacher_weights='auto')"
+
+
 def load_wide_resnet50_2_state_dict(weights: str | None) -> tuple[dict[str, Tensor] | None, str]:
     """Resolve a ``weights`` spec to a state dict.
 
     Args:
-        weights: ``"imagenet"`` (torchvision IMAGENET1K_V1 through the torch hub cache), a path to a local ``.pth``
-            state dict, or ``"random"``/``None`` (torchvision's random initialisation).
+        weights: ``"imagenet"`` (torchvision IMAGENET1K_V1 through the torch hub cache), ``"auto"`` (ImageNet if
+            cached or downloadable, else random initialisation with a WARNING), a path to a local ``.pth`` state
+            dict, or ``"random"``/``None`` (torchvision's random initialisation).
 
     Returns:
         ``(state_dict or None, human-readable description)``.
@@ -78,6 +101,8 @@ def load_wide_resnet50_2_state_dict(weights: str | None) -> tuple[dict[str, Tens
     """
     if weights is None or weights == "random":
         return None, "random initialisation"
+    if weights == "auto":
+        return _auto_imagenet_or_random()
     if weights == "imagenet":
         cache_path = imagenet_weights_cache_path()
         if os.path.isfile(cache_path):
@@ -108,7 +133,7 @@ class WideResNetTeacher(nn.Module):
     when a parent calls ``.train()``, as the official RD/D²4FAD code keeps ``encoder.eval()`` during training.
 
     Args:
-        weights: ``"imagenet"``, a local ``.pth`` path, or ``"random"``/``None``; see
+        weights: ``"imagenet"``, ``"auto"``, a local ``.pth`` path, or ``"random"``/``None``; see
             :func:`load_wide_resnet50_2_state_dict`.
         normalize: apply ImageNet mean/std normalisation to inputs in ``[0, 1]`` inside the module. D²4FAD feeds
             ``[0, 1]`` images without normalisation (its ``transforms.Normalize`` is commented out), PDD uses it.

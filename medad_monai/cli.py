@@ -48,7 +48,11 @@ class Commands:
         defaults; ``--epoch_length 0`` means full epochs. Paper settings: ``--epochs 70 --image_size 128
         --batch_size 16 --epoch_length 0 --teacher_weights imagenet``.
         """
+        import logging
+
         from medad_monai.engines.d24fad_grid import parse_list, run_grid
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
 
         overrides: dict[str, object] = {}
         for key, value in (
@@ -61,10 +65,12 @@ class Commands:
                 overrides[key] = value
         if epoch_length is not None:
             overrides["epoch_length"] = int(epoch_length) or None
-        all_sets = parse_list(datasets)
-        picked = parse_list(targets)
-        if picked is not None:
-            picked = [f"demo:{t}" if t in DEMO_DOMAINS else t for t in picked]
+
+        def demo(names: list[str] | None) -> list[str] | None:
+            return None if names is None else [f"demo:{t}" if t in DEMO_DOMAINS else t for t in names]
+
+        all_sets = demo(parse_list(datasets))
+        picked = demo(parse_list(targets))
         run_grid(
             out,
             datasets=all_sets,

@@ -30,8 +30,8 @@ CONFIGS = REPO / "bundles" / "d24fad" / "configs"
 TRAIN, EVALUATE, INFER, META = (
     str(CONFIGS / f) for f in ("train.json", "evaluate.json", "inference.json", "metadata.json")
 )
-# 2 x 6 episodes of batch 2: a few seconds on 2 CPU cores
-TINY = {"epochs": 2, "epoch_length": 6, "batch_size": 2, "num_support": 2, "teacher_weights": "random"}
+# 5 episodic steps of batch 2: a few seconds on 2 idle CPU cores
+TINY = {"epochs": 1, "epoch_length": 5, "batch_size": 2, "num_support": 2, "teacher_weights": "random"}
 
 
 def _workflow(config_file, workflow_type: str = "train", run_id: str = "run", **override) -> ConfigWorkflow:
@@ -210,7 +210,7 @@ def test_support_image_of_wrong_size_or_channels_is_named(tmp_path):
         SupportSetLoader(net, str(_folder(tmp_path / "g", 2)), gray, calibration="none").apply()
 
 
-def test_support_choice_is_deterministic_and_calibration_uses_no_support_image(tmp_path):
+def test_support_choice_is_deterministic_and_loo_calibration_without_spare_normals(tmp_path):
     items = [{"image": f"{i}.png"} for i in range(10)]
     a, rest = select_support(items, 3, seed=5)
     assert a == select_support(items, 3, seed=5)[0] and not {x["image"] for x in a} & {x["image"] for x in rest}
@@ -243,6 +243,8 @@ def test_tiny_grid_writes_the_table(tmp_path):
         epochs=1,
         epoch_length=1,
         batch_size=2,
+        image_size=32,
+        num_calibration=4,
         teacher_weights="random",
     )
     assert [(r["target"], r["k"]) for r in rows] == [("brain_mr", 2)]

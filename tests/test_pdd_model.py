@@ -126,7 +126,8 @@ def test_mpa_priors_and_bottleneck_shapes():
     f_t = [torch.randn(2, c, s, s) for c, s in ((256, 16), (512, 8), (1024, 4))]
     priors = MPA(stages=(1, 2))(f_t)
     assert priors[0] is None and priors[1].shape == (2, 1024, 4, 4) and priors[2].shape == (2, 512, 8, 8)
-    assert all(float(p.detach().abs().max()) == 0.0 for p in priors[1:])  # zero-initialised: Student 2 starts as plain RD
+    # zero-initialised: Student 2 starts as a plain RD decoder
+    assert all(float(p.detach().abs().max()) == 0.0 for p in priors[1:])
     assert MPA(stages=(2,), zero_init=False)(f_t)[1] is None
     with pytest.raises(ValueError):
         MPA(stages=(0,))
@@ -164,8 +165,14 @@ def test_teachers_frozen_and_stay_in_eval(model):
 
 def test_training_step_terms_and_gradients():
     torch.manual_seed(0)
-    net = PDD(image_size=SIZE, wrn_weights="random", vmamba_weights="random", decoder_blocks=(1, 1, 1),
-              diversity_weight=0.5, kr_weight=2.0)
+    net = PDD(
+        image_size=SIZE,
+        wrn_weights="random",
+        vmamba_weights="random",
+        decoder_blocks=(1, 1, 1),
+        diversity_weight=0.5,
+        kr_weight=2.0,
+    )
     net.train()
     out = net.training_step(torch.rand(2, 3, SIZE, SIZE))
     assert set(out) == {"loss", "kr", "prp", "div"}

@@ -214,9 +214,9 @@ class SupportSetLoader:
             logger.warning("D24FAD: no target normals beyond the support set: calibrating by leave-one-out instead")
             mode = "loo"
         if mode == "holdout":
-            held = rest[: self.num_calibration] if len(rest) <= self.num_calibration else None
-            if held is None:
-                held, _ = select_support(rest, self.num_calibration, self.seed + 1, source)
+            held = rest
+            if len(rest) > self.num_calibration:
+                held = select_support(rest, self.num_calibration, self.seed + 1, source)[0]
             scores = self._scores(_load_images(held, self.transform, net.image_size))
             what = f"{len(held)} held-out target normals (not in the support set)"
         else:

@@ -58,7 +58,9 @@ def diversity_loss(
         scalar: the sum over the selected levels of the mean hinge value.
     """
     if len(feats_1) != len(feats_2) or len(feats_1) == 0:
-        raise ValueError(f"diversity_loss: expected two non-empty lists of equal length, got {len(feats_1)}, {len(feats_2)}")
+        raise ValueError(
+            f"diversity_loss: expected two non-empty lists of equal length, got {len(feats_1)}, {len(feats_2)}"
+        )
     overlap = set(shallow_levels) & set(deep_levels)
     if overlap:
         raise ValueError(f"diversity_loss: levels {sorted(overlap)} are both shallow and deep")

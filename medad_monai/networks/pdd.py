@@ -145,6 +145,13 @@ def build_wrn_teacher(weights: str | None = "auto") -> WideResNetTeacher:
     return WideResNetTeacher(weights, normalize=False)
 
 
+@torch.jit.unused
+def _plain_tensor(x: Tensor) -> Tensor:
+    """Drop tensor subclasses (MONAI ``MetaTensor``): their per-operation metadata tracking multiplies the cost of a
+    network with thousands of small operations (the VMamba teacher) several times over. Eager mode only."""
+    return x.as_subclass(Tensor) if type(x) is not Tensor else x
+
+
 # ------------------------------------------------------------------------------------------------ fusion modules
 def _resize_to(x: Tensor, ref: Tensor, align_corners: bool = False) -> Tensor:
     """Bilinear resampling of ``x`` to ``ref``'s spatial size (``U(., S)`` in the paper); identity when equal."""
@@ -225,7 +232,11 @@ class MPA(nn.Module):
     """
 
     def __init__(
-        self, stages: Sequence[int] = (1, 2), num_stages: int = 3, decoder_in_channels: int = 2048, zero_init: bool = True
+        self,
+        stages: Sequence[int] = (1, 2),
+        num_stages: int = 3,
+        decoder_in_channels: int = 2048,
+        zero_init: bool = True,
     ) -> None:
         super().__init__()
         self.stages: list[int] = sorted({int(s) for s in stages})
@@ -356,7 +367,9 @@ class PDD(nn.Module):
     ) -> None:
         super().__init__()
         if image_size % 32 != 0 or image_size <= 0:
-            raise ValueError(f"PDD: image_size must be a positive multiple of 32 (the students' stride), got {image_size}")
+            raise ValueError(
+                f"PDD: image_size must be a positive multiple of 32 (the students' stride), got {image_size}"
+            )
         self.image_size = int(image_size)
         self.wrn = build_wrn_teacher(wrn_weights)
         self.vmamba = build_vmamba_teacher(vmamba_weights, vmamba_chunk_size)
@@ -370,7 +383,11 @@ class PDD(nn.Module):
         self.student1 = PDDStudent(bottleneck, decoder_blocks, decoder_width)
         self.student2 = PDDStudent(bottleneck, decoder_blocks, decoder_width)
         self.mpa = MPA(mpa_stages, len(decoder_blocks), 2048, mpa_zero_init)
-        self.kr_weight, self.prp_weight, self.diversity_weight = float(kr_weight), float(prp_weight), float(diversity_weight)
+        self.kr_weight, self.prp_weight, self.diversity_weight = (
+            float(kr_weight),
+            float(prp_weight),
+            float(diversity_weight),
+        )
         self.prp_alpha, self.prp_beta = float(prp_alpha), float(prp_beta)
         self.tau_low, self.tau_high = float(tau_low), float(tau_high)
         self.shallow_levels = [int(k) for k in shallow_levels]
@@ -397,6 +414,8 @@ class PDD(nn.Module):
 
     def teacher_features(self, image: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Frozen teacher features ``(f_resnet[0..2], f_mamba[0..2])`` of a ``(B, 3, H, W)`` image in ``[0, 1]``."""
+        if not torch.jit.is_scripting():
+            image = _plain_tensor(image)
         with torch.no_grad():
             x = (image - self.mean) / self.std
             f_r = self.wrn(x)[:3]  # layer1..3 (literal: TorchScript cannot read module globals)

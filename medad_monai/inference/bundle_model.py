@@ -1,0 +1,306 @@
+"""Load an anomaly bundle for serving, without MONAI Label or MONAI Deploy.
+
+A served bundle is the bundle's own ``network_def`` with its weights (``models/model.pt``, or the TorchScript
+``models/model.ts`` that ``ckpt_export`` writes), the bundle's own per-image preprocessing (parsed from
+``configs/inference.json`` with MONAI's ``ConfigParser``), the image-score reduction of its ``AnomalyScored``
+postprocessing transform, the network input size and channels from ``configs/metadata.json`` and the calibrated
+threshold stored in the network's ``threshold`` buffer (DESIGN §2: everything inference needs is in the network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pydoc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import load_net_with_metadata
+from monai.transforms import Compose, LoadImage, LoadImaged
+from torch import nn
+
+from medad_monai.transforms import LoadAnomalyImaged
+
+__all__ = ["BundleLoadError", "BundleModel", "file_version", "load_bundle_model", "model_version"]
+
+REDUCTIONS = ("max", "mean")
+_VERSION_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+class BundleLoadError(RuntimeError):
+    """A bundle could not be loaded for serving; the message names the bundle path and the missing piece."""
+
+
+def file_version(path: str | os.PathLike) -> str:
+    """Content version of a file: the first 16 hex digits of its SHA-256, memoised by (path, mtime, size).
+
+    Hashing the bytes (not only the modification time) means a model copied with a new mtime but identical
+    weights keeps its version, and a retrained model with the same size gets a new one.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _VERSION_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _VERSION_CACHE[key] = h.hexdigest()[:16]
+    return _VERSION_CACHE[key]
+
+
+def model_version(bundle: str | os.PathLike) -> str:
+    """Version of the weights a bundle folder (or a ``model.pt`` / ``model.ts`` file) would serve."""
+    p = Path(bundle)
+    if p.is_dir():
+        p = _model_file(p, prefer="pt")
+    return file_version(p)
+
+
+def _model_file(root: Path, prefer: str = "pt") -> Path:
+    order = ["model.pt", "model.ts"] if prefer == "pt" else ["model.ts", "model.pt"]
+    for name in order:
+        f = root / "models" / name
+        if f.is_file():
+            return f
+    raise BundleLoadError(f"bundle '{root}': no models/model.pt or models/model.ts (train or export the bundle first)")
+
+
+def _is_loader(t: Any) -> bool:
+    return isinstance(t, (LoadImage, LoadImaged, LoadAnomalyImaged))
+
+
+@dataclass
+class BundleModel:
+    """A bundle ready to serve 2D images (and, through :mod:`medad_monai.inference.volume`, 3D volumes).
+
+    Attributes:
+        root: the bundle folder (or the TorchScript file's folder).
+        name: the bundle's metadata ``name`` (else the folder name); version: metadata ``version``.
+        network: the network in eval mode on ``device``; maps ``(B, C, H, W)`` to ``(B, 1, H, W)``.
+        preprocessing: the config's whole ``preprocessing`` (loader included) for a ``{"image": path}`` item.
+        image_transforms: the same transforms without the loader: applied to ``{"image": (C, H, W) tensor}``,
+            i.e. one loaded 2D image or one slice of a volume (channel policy, resize, intensity scaling).
+        reduction: the image score of a map, ``"mean"`` (DDAD) or ``"max"`` (others), from ``AnomalyScored``.
+        channels, spatial_size: the network input from metadata ``inputs.image``.
+        model_file: the weights served; model_version: :func:`file_version` of it.
+    """
+
+    root: Path
+    name: str
+    version: str
+    network: nn.Module
+    preprocessing: Compose
+    image_transforms: Compose
+    reduction: str
+    channels: int
+    spatial_size: tuple[int, ...]
+    device: torch.device
+    model_file: Path
+    model_version: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated decision threshold on the image score (network buffer); NaN when not calibrated."""
+        t = getattr(self.network, "threshold", None)
+        return float(t) if t is not None else float("nan")
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Anomaly maps ``(B, 1, H, W)`` (float32, CPU) of a preprocessed batch ``(B, C, H, W)``."""
+        x = torch.as_tensor(images, dtype=torch.float32).to(self.device)
+        return self.network(x).float().cpu()
+
+    def score(self, maps: torch.Tensor) -> torch.Tensor:
+        """Image scores ``(B,)`` of network-resolution maps ``(B, 1, H, W)`` with the bundle's reduction."""
+        flat = torch.as_tensor(maps).float().flatten(1)
+        return flat.amax(1) if self.reduction == "max" else flat.mean(1)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary: name, version, model file and version, reduction, input, threshold (None if NaN)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "bundle_root": str(self.root),
+            "model_file": str(self.model_file),
+            "model_version": self.model_version,
+            "reduction": self.reduction,
+            "channels": self.channels,
+            "spatial_size": list(self.spatial_size),
+            "threshold": self.threshold if math.isfinite(self.threshold) else None,  # JSON has no NaN
+        }
+
+
+def _find_reduction(parser: ConfigParser, metadata: dict[str, Any]) -> str:
+    """``reduction`` of the ``AnomalyScored`` transform in ``postprocessing`` (resolved if it is a reference)."""
+    post = parser.get("postprocessing")
+    transforms = post.get("transforms", []) if isinstance(post, dict) else (post if isinstance(post, list) else [])
+    for i, t in enumerate(transforms):
+        if isinstance(t, dict) and str(t.get("_target_", "")).endswith("AnomalyScored"):
+            if "reduction" not in t:
+                return "max"  # AnomalyScored's default
+            prefix = "postprocessing#transforms" if isinstance(post, dict) else "postprocessing"
+            value = parser.get_parsed_content(f"{prefix}#{i}#reduction")
+            if value not in REDUCTIONS:
+                raise BundleLoadError(f"AnomalyScored reduction {value!r} is not one of {REDUCTIONS}")
+            return str(value)
+    value = metadata.get("score_reduction", "max")
+    return value if value in REDUCTIONS else "max"
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BundleLoadError(f"cannot read checkpoint '{path}': {type(e).__name__}: {e}") from e
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # CheckpointSaver with several entries
+    if not isinstance(state, dict):
+        raise BundleLoadError(f"checkpoint '{path}' is not a state dict")
+    return state
+
+
+def _run_setup_handlers(parser: ConfigParser, root: Path) -> list[str]:
+    """Run the inference handlers that set up the model state (those with an ``apply()`` method, e.g. D²4FAD's
+    ``SupportSetLoader``, which stores the target's support set and calibrates the threshold) once, after the
+    weights are loaded, as the bundle's evaluator would at its ``STARTED`` event. Returns their class names."""
+    ran: list[str] = []
+    raw = parser.get("handlers") or []
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        ref = item[1:] if isinstance(item, str) and item.startswith("@") else f"handlers#{i}"
+        conf = parser.get(ref)
+        target = conf.get("_target_", "") if isinstance(conf, dict) else ""
+        cls = pydoc.locate(target) if isinstance(target, str) and "." in target else None
+        if cls is None or not callable(getattr(cls, "apply", None)):
+            continue  # checkpoint loaders, progress bars, writers: not needed for serving
+        try:
+            parser.get_parsed_content(ref).apply()
+        except Exception as e:
+            raise BundleLoadError(f"bundle '{root}': model set-up handler {target} failed: {e}") from e
+        ran.append(target.rsplit(".", 1)[-1])
+    return ran
+
+
+def load_bundle_model(
+    bundle: str | os.PathLike,
+    device: str | torch.device | None = None,
+    prefer: str = "pt",
+    overrides: dict[str, Any] | None = None,
+    setup: bool = True,
+) -> BundleModel:
+    """Load a bundle for serving.
+
+    Args:
+        bundle: a bundle folder (``configs/inference.json``, ``configs/metadata.json``, ``models/model.pt`` or
+            ``models/model.ts``), or a TorchScript file exported by ``ckpt_export`` (its embedded ``metadata.json``
+            and ``inference.json`` are used when the file has no ``configs/`` folder beside it).
+        device: where the network runs; default the config's ``device`` policy (CUDA if available, else CPU).
+        prefer: ``"pt"`` (eager ``network_def`` + ``model.pt``, default) or ``"ts"`` (TorchScript first).
+        overrides: extra config overrides (``{"image_size": 64}``, D²4FAD's ``{"support_dir": ...}``), applied
+            after ``bundle_root``.
+        setup: run the config's model set-up handlers (those with ``apply()``, e.g. D²4FAD's support set loader)
+            after loading the weights, as the bundle's own inference does (eager bundles only; a TorchScript
+            export carries the state it was exported with).
+
+    Raises:
+        BundleLoadError: naming the bundle path, when a config, the metadata or the weights are missing or invalid.
+    """
+    path = Path(bundle).expanduser().resolve()
+    if not path.exists():
+        raise BundleLoadError(f"bundle '{path}' does not exist")
+    ts_file: Path | None = None
+    if path.is_file():
+        ts_file, root = path, (path.parent.parent if path.parent.name == "models" else path.parent)
+    else:
+        root = path
+    dev = torch.device(device) if device is not None else None
+
+    config_file, meta_file = root / "configs" / "inference.json", root / "configs" / "metadata.json"
+    extra: dict[str, Any] = {}
+    if ts_file is None and not config_file.is_file():
+        raise BundleLoadError(f"bundle '{root}': missing configs/inference.json")
+    if ts_file is not None and not config_file.is_file():
+        try:
+            _, meta, extra = load_net_with_metadata(str(ts_file), torch.device("cpu"), ("inference.json",))
+        except Exception as e:
+            raise BundleLoadError(f"cannot read TorchScript bundle '{ts_file}': {type(e).__name__}: {e}") from e
+        if not extra.get("inference.json"):
+            raise BundleLoadError(f"TorchScript '{ts_file}' embeds no inference.json and has no configs/ beside it")
+        config = json.loads(extra["inference.json"])
+        metadata = meta
+    else:
+        config = json.loads(config_file.read_text())
+        if not meta_file.is_file():
+            raise BundleLoadError(f"bundle '{root}': missing configs/metadata.json")
+        metadata = json.loads(meta_file.read_text())
+
+    parser = ConfigParser(config)
+    parser["bundle_root"] = str(root)
+    if dev is not None:
+        parser["device"] = f"$torch.device('{dev}')"
+    for k, v in (overrides or {}).items():
+        parser[k] = v
+    try:
+        dev = torch.device(parser.get_parsed_content("device")) if dev is None else dev
+        preprocessing = parser.get_parsed_content("preprocessing")
+    except Exception as e:
+        raise BundleLoadError(f"bundle '{root}': cannot build preprocessing: {type(e).__name__}: {e}") from e
+    if not isinstance(preprocessing, Compose):
+        preprocessing = Compose(preprocessing)
+    image_transforms = Compose([t for t in preprocessing.transforms if not _is_loader(t)])
+    reduction = _find_reduction(parser, metadata)
+
+    inp = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+    channels = int(inp.get("num_channels", 1))
+    spatial_size = tuple(int(s) for s in inp.get("spatial_shape", ()))
+
+    if ts_file is None and prefer == "ts" and (root / "models" / "model.ts").is_file():
+        ts_file = root / "models" / "model.ts"
+    if ts_file is not None:
+        model_file = ts_file
+        try:
+            network = torch.jit.load(str(ts_file), map_location=dev)
+        except Exception as e:
+            raise BundleLoadError(f"cannot read TorchScript '{ts_file}': {type(e).__name__}: {e}") from e
+    else:
+        model_file = _model_file(root, prefer="pt")
+        if model_file.suffix == ".ts":
+            network = torch.jit.load(str(model_file), map_location=dev)
+        else:
+            try:
+                network = parser.get_parsed_content("network_def")
+            except Exception as e:
+                raise BundleLoadError(f"bundle '{root}': cannot build network_def: {type(e).__name__}: {e}") from e
+            try:
+                network.load_state_dict(_load_state(model_file))
+            except BundleLoadError:
+                raise
+            except Exception as e:
+                raise BundleLoadError(f"checkpoint '{model_file}' does not fit network_def: {e}") from e
+            network = network.to(dev)
+            if setup:
+                _run_setup_handlers(parser, root)
+    network.eval()
+    return BundleModel(
+        root=root,
+        name=str(metadata.get("name", root.name)),
+        version=str(metadata.get("version", "")),
+        network=network,
+        preprocessing=preprocessing,
+        image_transforms=image_transforms,
+        reduction=reduction,
+        channels=channels,
+        spatial_size=spatial_size,
+        device=dev,
+        model_file=model_file,
+        model_version=file_version(model_file),
+        metadata=metadata,
+        config=config,
+    )

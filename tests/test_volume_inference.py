@@ -1,0 +1,322 @@
+"""The SDK-free serving core: loading a bundle, scoring 2D images and 3D volumes slice by slice with the input's
+geometry kept, parity with the bundle's own inference config, thresholds, writers and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+from medad_monai.inference import (
+    AnomalyResult,
+    BundleLoadError,
+    load_bundle_model,
+    reduce_scores,
+    score_volume,
+    write_result,
+)
+from medad_monai.networks.ddad import DDAD
+from medad_monai.transforms import ImageReadError
+
+REPO = Path(__file__).resolve().parents[1]
+DDAD_CONFIGS = REPO / "bundles" / "ddad" / "configs"
+# a slim network (a quarter of the channels) keeps the tests fast on 2 CPU cores; the configs are the bundle's own
+TINY = {"num_members": 2, "network_def#multiplier": 0.25}
+
+
+def make_ddad_bundle(root: Path, threshold: float = 0.5, seed: int = 0) -> Path:
+    """A DDAD bundle root (the repository's configs) with an untrained 2-member model and a stored threshold."""
+    shutil.copytree(DDAD_CONFIGS, root / "configs")
+    (root / "models").mkdir(parents=True)
+    torch.manual_seed(seed)
+    net = DDAD(num_members=2, multiplier=0.25)
+    net.has_udm.fill_(True)
+    net.threshold.fill_(threshold)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_ddad_bundle(tmp_path_factory.mktemp("ddad_serve"))
+
+
+@pytest.fixture(scope="module")
+def model(bundle):
+    return load_bundle_model(bundle, device="cpu", overrides=TINY)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A 40x48x6 NIfTI volume with a bright blob in slices 2 and 3, and a non-trivial affine."""
+    rng = np.random.default_rng(0)
+    vol = rng.random((40, 48, 6)).astype(np.float32)
+    vol[12:22, 15:25, 2:4] += 4.0
+    affine = np.array([[0.8, 0, 0, -10.0], [0, 0.9, 0, 5.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
+    path = tmp_path_factory.mktemp("vol") / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(vol, affine), str(path))
+    return path, vol, affine
+
+
+@pytest.fixture(scope="module")
+def vol_result(model, volume) -> AnomalyResult:
+    return score_volume(model, volume[0])
+
+
+def test_load_bundle_model_reads_reduction_size_and_threshold(model, bundle):
+    assert model.reduction == "mean"  # DDAD's AnomalyScored
+    assert (model.channels, model.spatial_size) == (1, (64, 64))
+    assert model.threshold == pytest.approx(0.5)
+    assert not model.network.training and model.device == torch.device("cpu")
+    assert model.root == bundle.resolve() and len(model.model_version) == 16
+    assert model.describe()["name"] == "DDAD-ASR anomaly detection"
+
+
+def test_missing_bundle_files_are_named(tmp_path):
+    with pytest.raises(BundleLoadError, match="does not exist"):
+        load_bundle_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleLoadError, match=r"empty.*configs/inference.json"):
+        load_bundle_model(tmp_path / "empty")
+    root = tmp_path / "nomodel"
+    shutil.copytree(DDAD_CONFIGS, root / "configs")
+    with pytest.raises(BundleLoadError, match=r"nomodel.*models/model.pt"):
+        load_bundle_model(root, device="cpu")
+
+
+def test_volume_map_mask_and_scores_keep_the_input_geometry(vol_result, volume):
+    path, vol, affine = volume
+    r = vol_result
+    assert isinstance(r, AnomalyResult)
+    assert r.map.shape == vol.shape and r.mask.shape == vol.shape
+    assert r.map.dtype == np.float32 and r.mask.dtype == np.uint8
+    np.testing.assert_allclose(r.affine, affine, atol=1e-6)
+    assert len(r.slice_scores) == 6 and r.axis == 2
+    assert r.score == max(r.slice_scores) and r.top_slice == int(np.argmax(r.slice_scores))
+    assert r.decision == int(r.score > 0.5) and r.threshold == 0.5
+    np.testing.assert_array_equal(r.mask, (r.map > 0.5).astype(np.uint8))
+    assert r.source == str(path)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_axis_option_slices_along_the_chosen_axis(model, volume, axis):
+    path, vol, _ = volume
+    r = score_volume(model, path, axis=axis, batch_size=64)
+    assert r.map.shape == vol.shape and len(r.slice_scores) == vol.shape[axis] and r.axis == axis
+
+
+def test_volume_reductions(model, volume, vol_result):
+    path, _, _ = volume
+    r = score_volume(model, path, volume_reduction="topk", top_k=2)
+    assert r.slice_scores == pytest.approx(vol_result.slice_scores, abs=1e-6)
+    assert r.score == pytest.approx(np.mean(sorted(r.slice_scores)[-2:]))
+    assert reduce_scores([1.0, 3.0, 2.0], "mean") == pytest.approx(2.0)
+    assert reduce_scores([1.0, 3.0, 2.0], "max") == 3.0
+    assert reduce_scores([1.0, 3.0, 2.0], "topk", top_k=10) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="volume_reduction"):
+        score_volume(model, path, volume_reduction="median")
+
+
+def test_array_input_slices_equal_2d_scoring(model, volume):
+    """Slice k of the volume scored as a 2D array gives the same map and score as inside the volume."""
+    _, vol, affine = volume
+    r3 = score_volume(model, vol, affine=affine)
+    np.testing.assert_allclose(r3.affine, affine)
+    r2 = score_volume(model, vol[:, :, 2])
+    assert r2.map.shape == (40, 48) and r2.axis is None and r2.slice_scores == [r2.score]
+    np.testing.assert_allclose(r3.map[:, :, 2], r2.map, atol=1e-6)
+    assert r3.slice_scores[2] == pytest.approx(r2.score, abs=1e-6)
+
+
+def test_parity_with_the_bundle_inference_config(bundle, model, tmp_path):
+    """Maps and scores equal those of ``inference.json`` run through MONAI's ConfigWorkflow on the same files."""
+    from pydicom.data import get_testdata_file
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (70, 90), dtype=np.uint8)).save(inputs / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(inputs / "rgb.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), inputs / "ct.dcm")
+    out = tmp_path / "out"
+    wf = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "inference.json"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(bundle),
+        dataset_dir=str(inputs),
+        output_dir=str(out),
+        device="$torch.device('cpu')",
+        **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 3
+    for row in rows:
+        ours = score_volume(model, row["filename"])
+        theirs = nib.load(row["pred_file"]).get_fdata().astype(np.float32)
+        assert ours.map.shape == theirs.shape
+        assert np.abs(ours.map - theirs).max() <= 1e-5
+        assert ours.score == pytest.approx(float(row["score"]), abs=1e-5)
+        assert ours.decision == int(row["decision"])
+
+
+def test_png_and_real_dicom_inputs(model, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    png = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (30, 50), dtype=np.uint8)).save(png)
+    r = score_volume(model, png)
+    assert r.map.shape == (50, 30) and r.axis is None  # MONAI reads PNG as (W, H)
+    ct = score_volume(model, get_testdata_file("CT_small.dcm"))
+    assert ct.map.shape == (128, 128) and np.isfinite(ct.score)
+    assert ct.affine[0, 0] == pytest.approx(-0.661468, abs=1e-5)  # DICOM pixel spacing and LPS->RAS kept
+
+
+def test_dicom_series_folder(model, tmp_path):
+    """A 3-slice CT series (CT_small.dcm at three table positions) read by PydicomReader is scored per slice."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(3):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.InstanceNumber = k + 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 5.0 * k]
+        ds.save_as(series / f"{k + 1}.dcm")
+    (series / "notes.txt").write_text("not a DICOM file")  # a stray file beside the series is skipped
+    r = score_volume(model, series)
+    assert r.map.shape == (128, 128, 3) and len(r.slice_scores) == 3 and r.score == max(r.slice_scores)
+    assert abs(r.affine[2, 2]) == pytest.approx(5.0, abs=1e-3)  # slice spacing from the positions
+
+
+def test_threshold_override_and_uncalibrated_model(model, volume, tmp_path):
+    path, _, _ = volume
+    low = score_volume(model, path, threshold=-1.0)
+    assert low.threshold == -1.0 and low.decision == 1 and low.mask.all()
+    high = score_volume(model, path, threshold=2.0, pixel_threshold=-1.0)
+    assert high.decision == 0 and high.is_anomalous is False and high.mask.all()
+    uncal = load_bundle_model(make_ddad_bundle(tmp_path / "uncal", threshold=float("nan")), "cpu", overrides=TINY)
+    assert np.isnan(uncal.threshold)
+    r = score_volume(uncal, path)
+    # uncalibrated: decision -1 (as the bundle's ThresholdDecisiond), is_anomalous None, empty mask, JSON null
+    assert r.decision == -1 and r.is_anomalous is None and not r.mask.any()
+    assert r.summary()["threshold"] is None and r.summary()["calibrated"] is False
+    json.loads(json.dumps(r.summary(), allow_nan=False))  # strict JSON: no NaN anywhere
+    assert score_volume(uncal, path, threshold=0.1).decision in (0, 1)
+
+
+def test_writers_produce_readable_files_with_the_input_geometry(model, vol_result, volume, tmp_path):
+    path, vol, affine = volume
+    r = vol_result
+    files = write_result(r, tmp_path / "out")
+    assert {p.name for p in files.values()} == {
+        "vol_anomaly_map.nii.gz",
+        "vol_anomaly_mask.nii.gz",
+        "vol_overlay.png",
+        "vol_anomaly.json",
+    }
+    m, k = nib.load(files["map"]), nib.load(files["mask"])
+    assert m.shape == vol.shape and k.shape == vol.shape
+    assert m.get_data_dtype() == np.float32 and k.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(m.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(k.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(m.get_fdata(), r.map, atol=1e-7)
+    summary = json.loads(files["json"].read_text())
+    assert summary["score"] == pytest.approx(r.score) and summary["threshold"] == 0.5
+    assert len(summary["slice_scores"]) == 6 and summary["decision"] == r.decision
+    assert summary["model"]["model_version"] == model.model_version and summary["source"] == str(path)
+    png = Image.open(files["overlay"])
+    assert png.mode == "RGB" and png.size == (40, 48)  # the top slice, shown rows x columns
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_unreadable_file_is_named(model, tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    with pytest.raises(ImageReadError, match="broken.nii.gz"):
+        score_volume(model, bad)
+    with pytest.raises(ImageReadError, match="missing.png"):
+        score_volume(model, tmp_path / "missing.png")
+
+
+def test_torchscript_bundle_matches_eager(bundle, model, volume, tmp_path):
+    """A ``ckpt_export`` TorchScript (``model.ts``, alone or in a bundle folder) serves the same maps as eager."""
+    from monai.bundle import ckpt_export
+
+    ts = tmp_path / "alone" / "model.ts"
+    ts.parent.mkdir()
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(bundle / "models" / "model.pt"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"),
+        bundle_root=str(bundle),
+        **TINY,
+    )
+    scripted = load_bundle_model(ts, device="cpu")  # embedded metadata.json and inference.json
+    assert isinstance(scripted.network, torch.jit.ScriptModule) and scripted.model_file == ts
+    assert scripted.reduction == "mean" and scripted.threshold == pytest.approx(0.5)
+    _, vol, _ = volume
+    ours, eager = score_volume(scripted, vol[:, :, 2]), score_volume(model, vol[:, :, 2])
+    assert np.abs(ours.map - eager.map).max() <= 1e-5 and ours.score == pytest.approx(eager.score, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_parity_with_the_d24fad_inference_config(tmp_path):
+    """D²4FAD (support set set up by the config's own handler, max reduction) served equals its inference config."""
+    from monai.bundle import ConfigParser
+
+    configs = REPO / "bundles" / "d24fad" / "configs"
+    if not (configs / "inference.json").is_file():
+        pytest.skip("no D24FAD inference config in this checkout")
+    root = tmp_path / "d24fad"
+    shutil.copytree(configs, root / "configs")
+    (root / "models").mkdir()
+    rng = np.random.default_rng(3)
+    support, inputs = tmp_path / "support", tmp_path / "inputs"
+    for folder, n in ((support, 3), (inputs, 2)):
+        folder.mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (40 + 8 * i, 48), dtype=np.uint8)).save(folder / f"{i}.png")
+    overrides = {"support_dir": str(support), "num_support": 2}
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(root), **overrides})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    out = tmp_path / "out"
+    wf = ConfigWorkflow(
+        config_file=str(root / "configs" / "inference.json"),
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(root),
+        dataset_dir=str(inputs),
+        output_dir=str(out),
+        device="$torch.device('cpu')",
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    served = load_bundle_model(root, "cpu", overrides=overrides)
+    assert served.reduction == "max" and served.channels == 3 and np.isfinite(served.threshold)
+    for row in csv.DictReader((out / "scores.csv").open()):
+        ours = score_volume(served, row["filename"])
+        theirs = nib.load(row["pred_file"]).get_fdata().astype(np.float32)
+        assert ours.map.shape == theirs.shape and np.abs(ours.map - theirs).max() <= 1e-5
+        assert ours.score == pytest.approx(float(row["score"]), abs=1e-5)
+        assert ours.threshold == pytest.approx(float(row["threshold"]), abs=1e-6)

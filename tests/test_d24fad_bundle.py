@@ -19,7 +19,7 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_ne
 from monai.transforms import Compose, ScaleIntensityd
 from PIL import Image
 
-from medad_monai.engines.d24fad_grid import run_grid
+from medad_monai.cli import Commands
 from medad_monai.handlers.support import SupportSetLoader, select_support
 from medad_monai.networks import teachers
 from medad_monai.networks.d24fad import D24FAD
@@ -30,8 +30,15 @@ CONFIGS = REPO / "bundles" / "d24fad" / "configs"
 TRAIN, EVALUATE, INFER, META = (
     str(CONFIGS / f) for f in ("train.json", "evaluate.json", "inference.json", "metadata.json")
 )
-# 5 episodic steps of batch 2: a few seconds on 2 idle CPU cores
-TINY = {"epochs": 1, "epoch_length": 5, "batch_size": 2, "num_support": 2, "teacher_weights": "random"}
+# 4 episodic steps of batch 2 (a few seconds on 2 idle CPU cores), threshold from 4 held-out target normals
+TINY = {
+    "epochs": 1,
+    "epoch_length": 4,
+    "batch_size": 2,
+    "num_support": 2,
+    "num_calibration": 4,
+    "teacher_weights": "random",
+}
 
 
 def _workflow(config_file, workflow_type: str = "train", run_id: str = "run", **override) -> ConfigWorkflow:
@@ -84,7 +91,7 @@ def test_evaluate_reports_auroc_and_ap_above_chance_on_the_unseen_target(trained
     assert record["target"] == "demo:brain_mr" and "demo:brain_mr" not in record["sources"]
     assert len(record["support_files"]) == 2 and all("/train/good/" in f for f in record["support_files"])
     # a short episodic training on four other domains ranks brain_mr anomalies above normals
-    # (measured 0.97 AUROC at seed 0 with this setting; chance is 0.5)
+    # (measured AUROC 0.94-0.97 at seed 0 after 3-50 steps; chance is 0.5)
     assert row["auroc"] > 0.75 and row["ap"] > 0.7, row
     for name in ("results.md", "image_scores.csv", "metrics.csv", "roc.png"):
         assert (trained / "eval" / name).stat().st_size > 0
@@ -101,9 +108,9 @@ def inputs(tmp_path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("support_dir", ["demo:brain_mr/train/good", None])
+@pytest.mark.parametrize("support_dir", ["demo:brain_mr/train/good", "none"])
 def test_inference_writes_maps_and_scores(trained, inputs, support_dir):
-    out = trained / f"infer_{support_dir is None}"
+    out = trained / f"infer_{support_dir == 'none'}"
     wf = _workflow(
         INFER,
         workflow_type="infer",
@@ -234,19 +241,21 @@ def test_auto_teacher_falls_back_to_random_with_a_warning(tmp_path, monkeypatch,
     assert "NOT comparable to the paper" in warning and teachers.WRN50_2_IMAGENET_FILENAME in warning
 
 
-def test_tiny_grid_writes_the_table(tmp_path):
-    rows = run_grid(
-        tmp_path / "grid",
-        datasets=["demo:brain_mr", "demo:head_ct"],
-        targets=["demo:brain_mr"],
-        shots=[2],
+def test_tiny_grid_writes_the_table(tmp_path, capsys):
+    # through the command line entry point (python-fire calls this method with the parsed flags)
+    Commands().d24fad_grid(
+        out=str(tmp_path / "grid"),
+        datasets="brain_mr,head_ct",
+        targets="brain_mr",
+        shots=2,
         epochs=1,
         epoch_length=1,
         batch_size=2,
         image_size=32,
-        num_calibration=4,
         teacher_weights="random",
     )
+    assert "| brain_mr |" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "grid" / "results.json").read_text())["rows"]
     assert [(r["target"], r["k"]) for r in rows] == [("brain_mr", 2)]
     table = (tmp_path / "grid" / "results.md").read_text()
     assert "| brain_mr |" in table and "K=2 AUROC / AP (%)" in table and "| mean |" in table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from ignite.engine import Engine
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 
@@ -11,10 +12,10 @@ __all__ = ["ProgressBar"]
 
 
 def _loss_of(output: Any) -> dict[str, float]:
-    if isinstance(output, dict) and "loss" in output:
-        return {"loss": float(output["loss"])}
-    if isinstance(output, list) and output and isinstance(output[0], dict) and "loss" in output[0]:
-        return {"loss": float(output[0]["loss"])}
+    item = output[0] if isinstance(output, list) and output else output
+    if isinstance(item, dict) and "loss" in item:
+        loss = item["loss"]
+        return {"loss": float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)}
     return {}
 
 

@@ -109,8 +109,9 @@ class SupportSetLoader:
 
     Args:
         network: a :class:`~medad_monai.networks.d24fad.D24FAD`.
-        support: target normals (see :func:`support_datalist`); ``None`` keeps the support stored in the model
-            (e.g. from ``model.pt``) and only checks that there is one.
+        support: target normals (see :func:`support_datalist`); ``None``, ``""`` or ``"none"`` keep the support
+            stored in the model (e.g. from ``model.pt``) and only check that there is one (MONAI's command line
+            drops ``None`` overrides, so ``--support_dir none`` is the command-line spelling).
         transform: preprocessing of an ``{"image": path}`` item (the bundle's ``preprocessing``).
         num_support: K (defaults to ``network.num_support``).
         seed: seed of the choice of the K images (and of the hold-out calibration images).
@@ -185,7 +186,7 @@ class SupportSetLoader:
     def apply(self) -> None:
         """Read the support images, store them in the network and calibrate the threshold."""
         net = self.network
-        if self.support is None:
+        if self.support is None or (isinstance(self.support, str) and self.support.strip().lower() in ("", "none")):
             if not bool(net.has_support):
                 raise RuntimeError(
                     "D24FAD: the model has no stored support set and no support images were given: set "

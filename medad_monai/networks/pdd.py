@@ -40,6 +40,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from torch import Tensor, nn
 
 from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
@@ -150,6 +151,16 @@ def _plain_tensor(x: Tensor) -> Tensor:
     """Drop tensor subclasses (MONAI ``MetaTensor``): their per-operation metadata tracking multiplies the cost of a
     network with thousands of small operations (the VMamba teacher) several times over. Eager mode only."""
     return x.as_subclass(Tensor) if type(x) is not Tensor else x
+
+
+@torch.jit.unused
+def _like_input(out: Tensor, image: Tensor) -> Tensor:
+    """Give the map the input's ``MetaTensor`` metadata (affine, applied transforms), as MONAI's per-operation
+    propagation would have, so that postprocessing such as ``Invertd`` can map it back to the input geometry."""
+    if isinstance(image, MetaTensor):
+        out = MetaTensor(out)
+        out.copy_meta_from(image)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ fusion modules
@@ -439,8 +450,10 @@ class PDD(nn.Module):
         f_b, s1, s2 = self.features(image)
         size = [int(image.shape[-2]), int(image.shape[-1])]
         amap = multiscale_anomaly_map(f_b, s1, size, "sum", self.align_corners)
-        amap = amap + multiscale_anomaly_map(f_b, s2, size, "sum", self.align_corners)
-        return self.blur(amap)
+        amap = self.blur(amap + multiscale_anomaly_map(f_b, s2, size, "sum", self.align_corners))
+        if not torch.jit.is_scripting():
+            amap = _like_input(amap, image)
+        return amap
 
     @torch.jit.ignore
     def losses(self, f_b: list[Tensor], s1: list[Tensor], s2: list[Tensor]) -> dict[str, Tensor]:

@@ -8,14 +8,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from bundle_testing import bundle_workflow, offline_schema
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 from monai.transforms import Compose, ScaleIntensityd
 from PIL import Image
 
@@ -41,17 +42,7 @@ TINY = {
 }
 
 
-def _workflow(config_file, workflow_type: str = "train", run_id: str = "run", **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_file,
-        meta_file=META,
-        logging_file=False,
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **override,
-    )
-    wf.initialize()
-    return wf
+_workflow = partial(bundle_workflow, meta_file=META)
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +159,7 @@ def test_verify_net_in_out():
 
 
 def test_metadata_is_valid_against_the_schema_offline(tmp_path):
-    schema = tmp_path / "schema.json"
-    shutil.copy(REPO / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
+    schema = offline_schema(tmp_path)
     verify_metadata(meta_file=META, filepath=str(schema))
     meta = json.loads(Path(META).read_text())
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3

@@ -6,14 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from bundle_testing import bundle_workflow, offline_schema, write_mixed_inputs
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
 from medad_monai.networks.ddad import DDAD
@@ -28,17 +29,7 @@ TRAIN, EVALUATE, INFER, META = (
 TINY = {"epochs": 1, "asr_epochs": 1, "num_members": 2}
 
 
-def _workflow(config_file, workflow_type: str = "train", run_id: str = "run", **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_file,
-        meta_file=META,
-        logging_file=False,
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **override,
-    )
-    wf.initialize()
-    return wf
+_workflow = partial(bundle_workflow, meta_file=META)
 
 
 @pytest.fixture(scope="module")
@@ -89,18 +80,7 @@ def test_evaluate_reports_every_score(trained):
 
 @pytest.fixture()
 def mixed_folder(tmp_path) -> Path:
-    """PNG (8-bit gray, RGB, 16-bit), DICOM and 2D NIfTI inputs."""
-    from pydicom.data import get_testdata_file
-
-    folder = tmp_path / "inputs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (100, 90), dtype=np.uint8)).save(folder / "gray.png")
-    Image.fromarray(rng.integers(0, 255, (70, 70, 3), dtype=np.uint8)).save(folder / "color.png")
-    Image.fromarray(rng.integers(0, 65535, (64, 80)).astype(np.uint16)).save(folder / "deep.png")
-    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
-    nib.save(nib.Nifti1Image(rng.random((50, 60)).astype(np.float32), np.eye(4)), str(folder / "slice.nii.gz"))
-    return folder
+    return write_mixed_inputs(tmp_path / "inputs")
 
 
 def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_folder):
@@ -129,8 +109,7 @@ def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_fol
 
 
 def test_metadata_is_valid_against_the_schema_offline(tmp_path):
-    schema = tmp_path / "schema.json"
-    shutil.copy(REPO / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
+    schema = offline_schema(tmp_path)
     verify_metadata(meta_file=META, filepath=str(schema))  # raises on an invalid file; never downloads
     meta = json.loads(Path(META).read_text())
     assert meta["schema"].endswith("meta_schema_20240725.json")
@@ -139,8 +118,7 @@ def test_metadata_is_valid_against_the_schema_offline(tmp_path):
 
 
 def test_metadata_schema_check_catches_a_missing_key(tmp_path):
-    schema = tmp_path / "schema.json"
-    shutil.copy(REPO / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
+    schema = offline_schema(tmp_path)
     meta = json.loads(Path(META).read_text())
     del meta["network_data_format"]["inputs"]["image"]["value_range"]
     broken = tmp_path / "metadata.json"

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from bundle_testing import bundle_workflow, offline_schema, write_mixed_inputs
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
 from medad_monai.networks.pdd import PDD
@@ -32,17 +33,7 @@ NET = {"image_size": SIZE, "decoder_blocks": [1, 1, 1], "wrn_weights": "random",
 TINY = {**NET, "epochs": 1, "epoch_length": 4, "batch_size": 4, "seed": 0}
 
 
-def _workflow(config_file, workflow_type: str = "train", run_id: str = "run", **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_file,
-        meta_file=META,
-        logging_file=False,
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **override,
-    )
-    wf.initialize()
-    return wf
+_workflow = partial(bundle_workflow, meta_file=META)
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +84,7 @@ def test_brief_training_ranks_anomalies_above_normals(trained):
 
 @pytest.fixture()
 def mixed_folder(tmp_path) -> Path:
-    """PNG (8-bit gray, RGB, 16-bit), DICOM and 2D NIfTI inputs."""
-    from pydicom.data import get_testdata_file
-
-    folder = tmp_path / "inputs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (100, 90), dtype=np.uint8)).save(folder / "gray.png")
-    Image.fromarray(rng.integers(0, 255, (70, 70, 3), dtype=np.uint8)).save(folder / "color.png")
-    Image.fromarray(rng.integers(0, 65535, (64, 80)).astype(np.uint16)).save(folder / "deep.png")
-    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
-    nib.save(nib.Nifti1Image(rng.random((50, 60)).astype(np.float32), np.eye(4)), str(folder / "slice.nii.gz"))
-    return folder
+    return write_mixed_inputs(tmp_path / "inputs")
 
 
 def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_folder):
@@ -133,8 +113,7 @@ def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_fol
 
 
 def test_metadata_is_valid_against_the_schema_offline(tmp_path):
-    schema = tmp_path / "schema.json"
-    shutil.copy(REPO / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
+    schema = offline_schema(tmp_path)
     verify_metadata(meta_file=META, filepath=str(schema))  # raises on an invalid file; never downloads
     meta = json.loads(Path(META).read_text())
     assert {"medad-monai", "pytorch-ignite"} <= set(meta["required_packages_version"])

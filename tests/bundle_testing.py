@@ -1,0 +1,51 @@
+"""Helpers shared by the bundle tests: MONAI ConfigWorkflow set-up, the offline metadata schema, mixed inputs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+SCHEMA = Path(__file__).resolve().parent / "fixtures" / "meta_schema_20240725.json"
+
+
+def bundle_workflow(
+    config_file, meta_file: str, workflow_type: str = "train", run_id: str = "run", **override
+) -> ConfigWorkflow:
+    """An initialised ``ConfigWorkflow`` as ``python -m monai.bundle run`` builds it (no logging config)."""
+    wf = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=meta_file,
+        logging_file=False,
+        workflow_type=workflow_type,
+        run_id=run_id,
+        **override,
+    )
+    wf.initialize()
+    return wf
+
+
+def offline_schema(folder: Path) -> Path:
+    """A copy of the offline stand-in for MONAI's metadata schema, where ``verify_metadata`` expects to find
+    an already-downloaded file (so it never downloads)."""
+    path = folder / "schema.json"
+    shutil.copy(SCHEMA, path)
+    return path
+
+
+def write_mixed_inputs(folder: Path) -> Path:
+    """PNG (8-bit gray, RGB, 16-bit), a real DICOM and a 2D NIfTI, as a user's inference folder."""
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (100, 90), dtype=np.uint8)).save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (70, 70, 3), dtype=np.uint8)).save(folder / "color.png")
+    Image.fromarray(rng.integers(0, 65535, (64, 80)).astype(np.uint16)).save(folder / "deep.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    nib.save(nib.Nifti1Image(rng.random((50, 60)).astype(np.float32), np.eye(4)), str(folder / "slice.nii.gz"))
+    return folder

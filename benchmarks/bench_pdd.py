@@ -16,12 +16,11 @@ import json
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from medad_monai.benchmarking import time_calls
 from medad_monai.networks.pdd import PDD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,22 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _configured(key: str) -> object:
     return json.loads((REPO / "bundles" / "pdd" / "configs" / "inference.json").read_text())[key]
-
-
-def _time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed ones (synchronising CUDA)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -78,9 +61,9 @@ def main() -> None:
     x_norm = (x - model.mean) / model.std
 
     with torch.no_grad():
-        pdd_t = _time(lambda: model(x), args.repeats, args.warmup, device)
-        wrn_t = _time(lambda: model.wrn(x_norm), args.repeats, args.warmup, device)
-        vm_t = _time(lambda: model.vmamba(x_norm), args.repeats, args.warmup, device)
+        pdd_t = time_calls(lambda: model(x), args.repeats, args.warmup, device)
+        wrn_t = time_calls(lambda: model.wrn(x_norm), args.repeats, args.warmup, device)
+        vm_t = time_calls(lambda: model.vmamba(x_norm), args.repeats, args.warmup, device)
     per = args.batch
     pdd_ms, wrn_ms, vm_ms = (1000 * statistics.median(t) / per for t in (pdd_t, wrn_t, vm_t))
     print(f"input {args.batch}x3x{args.image_size}x{args.image_size}, median of {args.repeats} runs, per image:")

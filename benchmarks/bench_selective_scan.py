@@ -11,33 +11,16 @@ import argparse
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from medad_monai.benchmarking import time_calls
 from medad_monai.networks.selective_scan import (
     DEFAULT_CHUNK_SIZE,
     selective_scan_chunked,
     selective_scan_ref,
 )
 from medad_monai.networks.vmamba import vmamba_tiny
-
-
-def _time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed ones (synchronising CUDA)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _fmt(times: list[float]) -> str:
@@ -87,20 +70,22 @@ def main() -> None:
 
     with torch.no_grad():
         ref_out = selective_scan_ref(*scan_args)
-        ref_times = _time(lambda: selective_scan_ref(*scan_args), args.ref_repeats, 0, device)
+        ref_times = time_calls(lambda: selective_scan_ref(*scan_args), args.ref_repeats, 0, device)
         print(f"  sequential reference      : {_fmt(ref_times)}")
         ref_med = statistics.median(ref_times)
         for chunk in [args.chunk_size] + [c for c in args.sweep if c != args.chunk_size]:
             out = selective_scan_chunked(*scan_args, chunk_size=chunk)
             err = (out - ref_out).abs().max().item()
-            times = _time(lambda c=chunk: selective_scan_chunked(*scan_args, chunk_size=c), args.repeats, 1, device)
+            times = time_calls(
+                lambda c=chunk: selective_scan_chunked(*scan_args, chunk_size=c), args.repeats, 1, device
+            )
             speedup = ref_med / statistics.median(times)
             print(f"  chunked, chunk_size={chunk:<5}: {_fmt(times)}  speed-up x{speedup:.1f}  max|diff| {err:.1e}")
 
         if args.image_size > 0:
             model = vmamba_tiny(chunk_size=args.chunk_size).to(device).eval()
             x = torch.randn(1, 3, args.image_size, args.image_size, device=device)
-            times = _time(lambda: model(x), args.model_repeats, 1, device)
+            times = time_calls(lambda: model(x), args.model_repeats, 1, device)
             print(f"VSSM-Tiny forward, 1x3x{args.image_size}x{args.image_size}: {_fmt(times)}")
 
 

@@ -177,7 +177,7 @@ def test_training_step_terms_and_gradients():
     out = net.training_step(torch.rand(2, 3, SIZE, SIZE))
     assert set(out) == {"loss", "kr", "prp", "div"}
     expected = 2.0 * out["kr"] + out["prp"] + 0.5 * out["div"]
-    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(float(expected.detach()), rel=1e-5)
     out["loss"].backward()
     assert net.mpa.affines[0].weight.grad is not None and net.ina[0].proj.weight.grad is not None
     assert all(p.grad is None for p in net.wrn.parameters()) and all(p.grad is None for p in net.vmamba.parameters())

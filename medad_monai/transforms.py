@@ -163,6 +163,9 @@ class RandPatchBlendAnomalyd(RandomizableTransform, MapTransform):
         image_key: image to corrupt (C, H, W).
         source_key: another normal image of the same size (provided by :class:`~medad_monai.data.PartnerDataset`).
         mask_key, label_key: outputs: the target mask (1, H, W) float {0, 1} and the image label (0/1).
+        source_location: ``"same"`` (the paper: the patch comes from the same place in the source image) or
+            ``"random"`` (from a random place of the source: visible on spatially aligned data, where the same
+            place of another normal looks normal).
     """
 
     def __init__(
@@ -175,12 +178,16 @@ class RandPatchBlendAnomalyd(RandomizableTransform, MapTransform):
         core_fraction: float = 0.8,
         min_half_width: float = 0.05,
         max_half_width: float = 0.2,
+        source_location: str = "same",
     ) -> None:
+        if source_location not in ("same", "random"):
+            raise ValueError(f"source_location must be 'same' or 'random', got {source_location!r}")
         MapTransform.__init__(self, [image_key])
         RandomizableTransform.__init__(self, prob)
         self.image_key, self.source_key = image_key, source_key
         self.mask_key, self.label_key = mask_key, label_key
         self.core_fraction, self.min_half_width, self.max_half_width = core_fraction, min_half_width, max_half_width
+        self.source_location = source_location
 
     def sample_box(self, h: int, w: int) -> tuple[int, int, int, int, float]:
         """Random (y0, y1, x0, x1, alpha) of the patch, clipped to the image."""
@@ -201,10 +208,16 @@ class RandPatchBlendAnomalyd(RandomizableTransform, MapTransform):
             source = d[self.source_key]
             if tuple(source.shape) != tuple(img.shape):
                 raise ValueError(f"source image shape {tuple(source.shape)} != image shape {tuple(img.shape)}")
-            y0, y1, x0, x1, alpha = self.sample_box(img.shape[-2], img.shape[-1])
+            h, w = img.shape[-2], img.shape[-1]
+            y0, y1, x0, x1, alpha = self.sample_box(h, w)
+            source = torch.as_tensor(source)
+            if self.source_location == "random":  # move a random source window of the same size onto the box
+                sy = int(self.R.randint(0, h - (y1 - y0) + 1))
+                sx = int(self.R.randint(0, w - (x1 - x0) + 1))
+                source = torch.roll(source, shifts=(y0 - sy, x0 - sx), dims=(-2, -1))
             blend = torch.zeros_like(mask)
             blend[:, y0:y1, x0:x1] = alpha
-            img = (1 - blend) * img + blend * torch.as_tensor(source)
+            img = (1 - blend) * img + blend * source
             mask = (blend > 0).to(torch.float32)
         d[self.image_key] = img
         d[self.mask_key] = mask

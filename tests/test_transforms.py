@@ -127,3 +127,20 @@ def test_score_and_decision():
     assert ThresholdDecisiond(net)({"score": torch.tensor(0.3)})["decision"] == 0
     net.threshold.fill_(float("nan"))
     assert ThresholdDecisiond(net)({"score": torch.tensor(0.3)})["decision"] == -1
+
+
+def test_synthetic_patch_from_a_random_source_location():
+    t = RandPatchBlendAnomalyd(prob=1.0, source_location="random")
+    t.set_random_state(seed=5)
+    source = torch.arange(64 * 64, dtype=torch.float32).view(1, 64, 64)
+    out = t({"image": torch.zeros(1, 64, 64), "source": source})
+    ys, xs = torch.nonzero(out["mask"][0], as_tuple=True)
+    y0, y1, x0, x1 = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
+    patch = out["image"][0, y0:y1, x0:x1]
+    alpha = (patch[0, 1] - patch[0, 0]).item()  # the source increases by 1 along x
+    window = patch / alpha
+    sy, sx = divmod(int(round(window[0, 0].item())), 64)
+    # the patch is one contiguous window of the source, blended with one alpha
+    assert torch.allclose(window, source[0, sy : sy + y1 - y0, sx : sx + x1 - x0], atol=1e-2)
+    with pytest.raises(ValueError, match="source_location"):
+        RandPatchBlendAnomalyd(source_location="elsewhere")

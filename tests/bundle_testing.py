@@ -29,6 +29,15 @@ def bundle_workflow(
     return wf
 
 
+def train_bundle(train_config: str, meta_file: str, bundle_root: Path, **override) -> Path:
+    """Run a bundle's ``training`` id into ``bundle_root`` after checking its train properties; returns the root."""
+    wf = bundle_workflow(train_config, meta_file, run_id="training", bundle_root=str(bundle_root), **override)
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return bundle_root
+
+
 def offline_schema(folder: Path) -> Path:
     """A copy of the offline stand-in for MONAI's metadata schema, where ``verify_metadata`` expects to find
     an already-downloaded file (so it never downloads)."""

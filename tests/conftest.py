@@ -19,3 +19,11 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path: Path) -> Path:
+    """A user's inference folder: PNG (gray, RGB, 16-bit), a real DICOM and a 2D NIfTI."""
+    from bundle_testing import write_mixed_inputs
+
+    return write_mixed_inputs(tmp_path / "inputs")

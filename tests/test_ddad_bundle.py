@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import bundle_workflow, offline_schema, write_mixed_inputs
+from bundle_testing import bundle_workflow, offline_schema, train_bundle
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
@@ -36,10 +36,7 @@ _workflow = partial(bundle_workflow, meta_file=META)
 def trained(tmp_path_factory) -> Path:
     """A bundle root with a model trained for one epoch per stage on the demo data."""
     root = tmp_path_factory.mktemp("ddad_bundle")
-    wf = _workflow(TRAIN, run_id="training", bundle_root=str(root), **TINY)
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
+    train_bundle(TRAIN, META, root, **TINY)
     return root
 
 
@@ -76,11 +73,6 @@ def test_evaluate_reports_every_score(trained):
     for name in ("roc.png", "score_histograms.png", "results.md", "image_scores.csv", "metrics.csv"):
         assert (trained / "eval" / name).stat().st_size > 0
     assert "DDAD-R_dual" in (trained / "eval" / "results.md").read_text()
-
-
-@pytest.fixture()
-def mixed_folder(tmp_path) -> Path:
-    return write_mixed_inputs(tmp_path / "inputs")
 
 
 def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_folder):

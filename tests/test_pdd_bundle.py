@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import bundle_workflow, offline_schema, write_mixed_inputs
+from bundle_testing import bundle_workflow, offline_schema, train_bundle
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
@@ -40,10 +40,7 @@ _workflow = partial(bundle_workflow, meta_file=META)
 def trained(tmp_path_factory) -> Path:
     """A bundle root with a tiny PDD trained for 4 iterations (batch 4) on the demo data, then evaluated."""
     root = tmp_path_factory.mktemp("pdd_bundle")
-    wf = _workflow(TRAIN, run_id="training", bundle_root=str(root), **TINY)
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
+    train_bundle(TRAIN, META, root, **TINY)
     wf = _workflow([TRAIN, EVALUATE], run_id="evaluating", bundle_root=str(root), **TINY)
     wf.run()
     return root
@@ -80,11 +77,6 @@ def test_brief_training_ranks_anomalies_above_normals(trained):
     # chance is 0.5 (AP: 0.5); random teachers, 4 iterations at 64 px
     assert row["auroc"] > 0.6, row
     assert row["ap"] > 0.55, row
-
-
-@pytest.fixture()
-def mixed_folder(tmp_path) -> Path:
-    return write_mixed_inputs(tmp_path / "inputs")
 
 
 def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_folder):

@@ -102,8 +102,13 @@ def test_volume_map_mask_and_scores_keep_the_input_geometry(vol_result, volume):
     assert len(r.slice_scores) == 6 and r.axis == 2
     assert r.score == max(r.slice_scores) and r.top_slice == int(np.argmax(r.slice_scores))
     assert r.decision == int(r.score > 0.5) and r.threshold == 0.5
-    np.testing.assert_array_equal(r.mask, (r.map > 0.5).astype(np.uint8))
-    assert r.source == str(path)
+    # the mask: map above the threshold, in the slices whose own score is above it (a hand-built reference)
+    expected = (r.map > 0.5).astype(np.uint8)
+    for k, s in enumerate(r.slice_scores):
+        if s <= 0.5:
+            expected[:, :, k] = 0
+    np.testing.assert_array_equal(r.mask, expected)
+    assert r.source == str(path) and r.summary()["mask_scope"] == "anomalous_slices"
 
 
 @pytest.mark.parametrize("axis", [0, 1])
@@ -207,8 +212,10 @@ def test_threshold_override_and_uncalibrated_model(model, volume, tmp_path):
     path, _, _ = volume
     low = score_volume(model, path, threshold=-1.0)
     assert low.threshold == -1.0 and low.decision == 1 and low.mask.all()
-    high = score_volume(model, path, threshold=2.0, pixel_threshold=-1.0)
+    high = score_volume(model, path, threshold=2.0, pixel_threshold=-1.0, mask_scope="all")
     assert high.decision == 0 and high.is_anomalous is False and high.mask.all()
+    # by default the label stays off the slices the model calls normal
+    assert not score_volume(model, path, threshold=2.0, pixel_threshold=-1.0).mask.any()
     uncal = load_bundle_model(make_ddad_bundle(tmp_path / "uncal", threshold=float("nan")), "cpu", overrides=TINY)
     assert np.isnan(uncal.threshold)
     r = score_volume(uncal, path)

@@ -15,8 +15,16 @@ from medad_monai.inference.bundle_model import (
     model_version,
 )
 from medad_monai.inference.ranking import ScoreCache, StudyRanker, most_anomalous, nearest_threshold, study_stamp
-from medad_monai.inference.results import write_json, write_map, write_mask, write_overlay, write_result
+from medad_monai.inference.results import (
+    write_json,
+    write_map,
+    write_mask,
+    write_nifti,
+    write_overlay,
+    write_result,
+)
 from medad_monai.inference.volume import (
+    MASK_SCOPES,
     VOLUME_REDUCTIONS,
     AnomalyResult,
     load_input,
@@ -26,6 +34,7 @@ from medad_monai.inference.volume import (
 )
 
 __all__ = [
+    "MASK_SCOPES",
     "VOLUME_REDUCTIONS",
     "AnomalyResult",
     "BundleLoadError",
@@ -45,6 +54,7 @@ __all__ = [
     "write_json",
     "write_map",
     "write_mask",
+    "write_nifti",
     "write_overlay",
     "write_result",
 ]

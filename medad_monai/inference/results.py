@@ -16,7 +16,16 @@ from medad_monai.data.datalists import file_stem
 from medad_monai.inference.volume import AnomalyResult
 from medad_monai.io import atomic_path, atomic_write_json
 
-__all__ = ["result_stem", "top_slice_2d", "write_json", "write_mask", "write_map", "write_overlay", "write_result"]
+__all__ = [
+    "result_stem",
+    "top_slice_2d",
+    "write_json",
+    "write_mask",
+    "write_map",
+    "write_nifti",
+    "write_overlay",
+    "write_result",
+]
 
 
 def result_stem(result: AnomalyResult) -> str:
@@ -27,7 +36,8 @@ def result_stem(result: AnomalyResult) -> str:
     return p.name if p.is_dir() else file_stem(str(p))
 
 
-def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+def write_nifti(arr: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """``arr`` as NIfTI (``.nii`` or ``.nii.gz``, by the name) with ``affine``, written atomically."""
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
     img.header.set_data_dtype(arr.dtype)
     data = img.to_bytes()
@@ -40,12 +50,12 @@ def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -
 
 def write_map(result: AnomalyResult, path: str | os.PathLike) -> Path:
     """The float32 anomaly map as NIfTI (``.nii`` or ``.nii.gz``) with the input's affine."""
-    return _write_nifti(np.asarray(result.map, dtype=np.float32), result.affine, path)
+    return write_nifti(np.asarray(result.map, dtype=np.float32), result.affine, path)
 
 
 def write_mask(result: AnomalyResult, path: str | os.PathLike) -> Path:
     """The uint8 mask (1 = anomaly) as NIfTI with the input's affine: a label map viewers show as ``anomaly``."""
-    return _write_nifti(np.asarray(result.mask, dtype=np.uint8), result.affine, path)
+    return write_nifti(np.asarray(result.mask, dtype=np.uint8), result.affine, path)
 
 
 def write_json(result: AnomalyResult, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:

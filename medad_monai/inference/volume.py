@@ -32,9 +32,18 @@ from monai.transforms import Invertd, LoadImage
 from medad_monai.inference.bundle_model import BundleModel
 from medad_monai.transforms import ImageReadError
 
-__all__ = ["VOLUME_REDUCTIONS", "AnomalyResult", "load_input", "reduce_scores", "score_image", "score_volume"]
+__all__ = [
+    "MASK_SCOPES",
+    "VOLUME_REDUCTIONS",
+    "AnomalyResult",
+    "load_input",
+    "reduce_scores",
+    "score_image",
+    "score_volume",
+]
 
 VOLUME_REDUCTIONS = ("max", "mean", "topk")
+MASK_SCOPES = ("anomalous_slices", "all")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
@@ -45,7 +54,8 @@ class AnomalyResult:
     Attributes:
         map: float32 anomaly map with exactly the input's spatial shape (2D ``(X, Y)`` or 3D ``(X, Y, Z)``, in the
             axis order MONAI's ``LoadImage`` gives: first axis = image columns for PNG, as ``LoadImage``).
-        mask: uint8 ``map > pixel_threshold`` (all zeros when no threshold is known).
+        mask: uint8 ``map > pixel_threshold`` (all zeros when no threshold is known); with ``mask_scope``
+            ``"anomalous_slices"`` (default) only in the slices (the image, for 2D) whose score exceeds the threshold.
         score: the image (2D) or volume (3D) score; slice_scores: the score of each slice along ``axis``
             (length 1 for a 2D image).
         threshold: the decision threshold used (the model's calibrated one unless overridden); NaN if none.
@@ -68,6 +78,7 @@ class AnomalyResult:
     affine: np.ndarray
     source: str
     pixel_threshold: float = float("nan")
+    mask_scope: str = "anomalous_slices"
     axis: int | None = None
     volume_reduction: str = "max"
     image: np.ndarray | None = field(default=None, repr=False)
@@ -90,6 +101,7 @@ class AnomalyResult:
             "score": self.score,
             "threshold": None if not np.isfinite(self.threshold) else self.threshold,
             "pixel_threshold": None if not np.isfinite(self.pixel_threshold) else self.pixel_threshold,
+            "mask_scope": self.mask_scope,
             "decision": self.decision,
             "calibrated": bool(np.isfinite(self.threshold)),
             "slice_scores": list(self.slice_scores),
@@ -214,6 +226,7 @@ def score_volume(
     top_k: int = 3,
     threshold: float | None = None,
     pixel_threshold: float | None = None,
+    mask_scope: str = "anomalous_slices",
     batch_size: int = 16,
 ) -> AnomalyResult:
     """Score a 2D image or a 3D volume with a 2D bundle.
@@ -229,6 +242,10 @@ def score_volume(
         pixel_threshold: overrides the value the map is cut at for ``mask`` (default: ``threshold``). The stored
             threshold is calibrated on image scores; for ``max``-reduced bundles a pixel above it is exactly what
             makes the image anomalous, for ``mean``-reduced ones (DDAD) it marks the pixels above the mean level.
+        mask_scope: ``"anomalous_slices"`` (default): the mask is kept only in slices (for 2D: the image) whose own
+            score exceeds the threshold, so the label agrees with the decision; for ``max``-reduced bundles this
+            changes nothing (no pixel of a normal slice exceeds the threshold), for ``mean``-reduced ones it keeps
+            normal slices free of above-average pixels. ``"all"``: every pixel above ``pixel_threshold``.
         batch_size: slices per network call.
 
     Raises:
@@ -236,6 +253,8 @@ def score_volume(
     """
     if volume_reduction not in VOLUME_REDUCTIONS:
         raise ValueError(f"volume_reduction must be one of {VOLUME_REDUCTIONS}, got {volume_reduction!r}")
+    if mask_scope not in MASK_SCOPES:
+        raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {mask_scope!r}")
     data, aff, source = _as_input(image, affine)
     spatial = tuple(data.shape[1:])
     if len(spatial) == 2:
@@ -253,6 +272,14 @@ def score_volume(
     pt = float(pixel_threshold) if pixel_threshold is not None else t
     map_np = full.numpy().astype(np.float32)
     mask = (map_np > pt).astype(np.uint8) if np.isfinite(pt) else np.zeros(spatial, dtype=np.uint8)
+    if mask_scope == "anomalous_slices" and np.isfinite(t):
+        normal = np.asarray(slice_scores) <= t
+        if ax is None:
+            mask[...] = 0 if normal[0] else mask
+        else:
+            index: list[Any] = [slice(None)] * 3
+            index[ax] = np.flatnonzero(normal)
+            mask[tuple(index)] = 0
     score = slice_scores[0] if ax is None else reduce_scores(slice_scores, volume_reduction, top_k)
     return AnomalyResult(
         map=map_np,
@@ -264,6 +291,7 @@ def score_volume(
         affine=aff,
         source=source,
         pixel_threshold=pt,
+        mask_scope=mask_scope,
         axis=ax,
         volume_reduction=volume_reduction,
         image=data.mean(0).numpy().astype(np.float32),

@@ -1,0 +1,99 @@
+"""Score one study with the serving core (:func:`medad_monai.inference.score_volume`), keeping the float map.
+
+Reading goes through the core's :func:`~medad_monai.inference.load_input` (MONAI ``LoadImage``, ``PydicomReader``
+for DICOM), the reader the bundle's own ``inference.json`` uses, so the maps and scores equal the bundle's. A DICOM
+series is given to the reader as a folder holding only that series' instances (links in a scratch folder), so other
+series and stray files in the same input folder never mix into the volume.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medad_monai.deploy.studies import Study
+from medad_monai.inference import AnomalyResult, BundleModel, score_volume
+
+__all__ = ["ScoredStudy", "resolve_model_path", "score_study"]
+
+
+@dataclass
+class ScoredStudy:
+    """A study with its :class:`~medad_monai.inference.AnomalyResult` (what flows between the writer operators)."""
+
+    study: Study
+    result: AnomalyResult
+
+    def summary(self) -> dict[str, Any]:
+        """The result's JSON summary with the study's description (DICOM UIDs, files, stray files)."""
+        return {**self.result.summary(), "study": self.study.describe()}
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """The bundle folder or TorchScript file to serve from ``-m`` / ``HOLOSCAN_MODEL_PATH``.
+
+    Accepts a bundle folder (``configs/inference.json``), a ``model.ts`` / ``model.pt`` file, or a models folder as
+    a MAP mounts it (``/opt/holoscan/models`` holding one bundle folder or one ``.ts`` file).
+
+    Raises:
+        FileNotFoundError: naming the path, when it holds no bundle or holds several.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"model path '{p}' does not exist")
+    if p.is_file() or (p / "configs" / "inference.json").is_file():
+        return p
+    candidates = [c for c in sorted(p.iterdir()) if (c / "configs" / "inference.json").is_file()]
+    candidates += [c for c in sorted(p.iterdir()) if c.is_file() and c.suffix == ".ts"]
+    if len(candidates) == 1:
+        return candidates[0]
+    what = "no bundle folder (configs/inference.json) or .ts file" if not candidates else "several bundles"
+    raise FileNotFoundError(f"model path '{p}' holds {what}; give one bundle folder or TorchScript file with -m")
+
+
+def _series_folder(study: Study, scratch: Path) -> Path:
+    """A folder holding only the series' instances (symbolic links; copies where links are not allowed)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{study.name[:40]}_", dir=scratch))
+    for i, f in enumerate(study.files):
+        dest = folder / f"{i:05d}_{f.name}"
+        try:
+            dest.symlink_to(f.resolve())
+        except OSError:
+            shutil.copy2(f, dest)
+    return folder
+
+
+def score_study(
+    model: BundleModel,
+    study: Study,
+    axis: int = 2,
+    volume_reduction: str = "max",
+    top_k: int = 3,
+    batch_size: int = 16,
+    scratch: str | os.PathLike | None = None,
+    mask_scope: str = "anomalous_slices",
+) -> ScoredStudy:
+    """Score a study (2D picture, 2D/3D NIfTI, single- or multi-instance DICOM series) slice by slice.
+
+    ``axis``/``volume_reduction``/``top_k`` apply to 3D inputs and ``mask_scope`` to the mask, as in
+    :func:`~medad_monai.inference.score_volume`.
+    The result's ``source`` is the study's file (or, for a multi-instance series, its folder).
+    """
+    kwargs: dict[str, Any] = dict(
+        axis=axis, volume_reduction=volume_reduction, top_k=top_k, batch_size=batch_size, mask_scope=mask_scope
+    )
+    if len(study.files) == 1:
+        result = score_volume(model, study.files[0], **kwargs)
+    else:
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            result = score_volume(model, _series_folder(study, Path(tmp)), **kwargs)
+        result.source = str(study.files[0].parent)
+    if not np.isfinite(result.map).all():
+        raise RuntimeError(f"study '{study.name}': the anomaly map holds NaN or infinite values")
+    return ScoredStudy(study=study, result=result)

@@ -1,0 +1,136 @@
+"""MONAI Label infer task for an anomaly bundle: an ``anomaly`` label (or the float heatmap) plus the score.
+
+Stock ``BundleInferTask`` cannot serve an anomaly bundle: it runs the network once on the whole input (a 2D network
+on a 3D volume fails), returns the float map that 3D Slicer turns into integer segments, and has no place for the
+image score. :class:`AnomalyInferTask` scores the input with the bundle's own transforms through
+:func:`medad_monai.inference.score_volume` (2D images directly, 3D volumes slice by slice along a configurable axis),
+and returns
+
+* ``output="mask"``: the map thresholded at the threshold stored in the model (calibrated on validation normals),
+  as a ``uint8`` label whose value 1 is named ``anomaly``; typed ``segmentation`` so Slicer lists it;
+* ``output="heatmap"``: the float32 map as NIfTI, for viewers that display float overlays;
+
+both in the input's geometry (shape and affine), with the score, the threshold, the decision, the per-slice scores
+and the model version in the result JSON (MONAI Label returns what is under ``data["result"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from medad_monai.inference import VOLUME_REDUCTIONS, BundleLoadError, score_volume
+from medad_monai.label.models import ServedBundles
+from medad_monai.transforms import ImageReadError
+
+__all__ = ["OUTPUTS", "AnomalyInferTask"]
+
+logger = logging.getLogger("medad_monai")
+
+OUTPUTS = ("mask", "heatmap")
+_2D_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _first(value: Any) -> Any:
+    """A request option as given, or the first (default) entry of an option list from the task config."""
+    return value[0] if isinstance(value, (list, tuple)) and value else value
+
+
+class AnomalyInferTask(BasicInferTask):
+    """Infer task serving one anomaly bundle.
+
+    Args:
+        bundle: the bundle folder (``configs/``, ``models/``).
+        served: the app's shared :class:`~medad_monai.label.models.ServedBundles`.
+        output: ``"mask"`` (thresholded ``anomaly`` label) or ``"heatmap"`` (float map).
+        axis: default slicing axis for 3D inputs (0, 1, 2); a request may override it (``{"axis": 0}``).
+        volume_reduction: default volume score from slice scores (``max``, ``mean``, ``topk``).
+        dimension: what the task reports to clients (3: it serves volumes; 2D images work too).
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        served: ServedBundles,
+        output: str = "mask",
+        axis: int = 2,
+        volume_reduction: str = "max",
+        dimension: int = 3,
+    ) -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if volume_reduction not in VOLUME_REDUCTIONS:
+            raise ValueError(f"volume_reduction must be one of {VOLUME_REDUCTIONS}, got {volume_reduction!r}")
+        self.bundle = Path(bundle).resolve()
+        self.served, self.output = served, output
+        meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
+        kind = "anomaly label at the model's calibrated threshold" if output == "mask" else "float anomaly heatmap"
+        reductions = [volume_reduction] + [r for r in VOLUME_REDUCTIONS if r != volume_reduction]
+        super().__init__(
+            path=str(self.bundle / "models" / "model.pt"),
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels={"anomaly": 1},
+            dimension=dimension,
+            description=f"{meta.get('name', self.bundle.name)}: {kind}; 3D volumes scored slice by slice",
+            config={"axis": int(axis), "volume_reduction": reductions, "top_k": 3},
+        )
+        self.version = meta.get("version")
+
+    def is_valid(self) -> bool:
+        # listed even before the bundle is trained: a request then says how to train it
+        return (self.bundle / "configs" / "inference.json").is_file()
+
+    def info(self) -> dict[str, Any]:
+        i = super().info()
+        i.update({"version": self.version, "bundle": self.bundle.name, "output": self.output})
+        return i
+
+    def pre_transforms(self, data: Any = None) -> list:
+        return []  # the bundle's own transforms run per slice inside score_volume
+
+    def post_transforms(self, data: Any = None) -> list:
+        return []  # maps come back in the input geometry already
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
+        image = data.get("image_path") or data.get("image")
+        if not isinstance(image, str):
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, "anomaly infer needs an image path or upload")
+        try:
+            model = self.served.get(self.bundle, device=str(device))
+        except BundleLoadError as e:
+            raise MONAILabelException(MONAILabelError.INFERENCE_ERROR, str(e)) from e
+        try:
+            axis = int(_first(data.get("axis", 2)))
+            reduction = str(_first(data.get("volume_reduction", "max")))
+            result = score_volume(
+                model, image, axis=axis, volume_reduction=reduction, top_k=int(_first(data.get("top_k", 3)))
+            )
+        except ImageReadError as e:
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(e)) from e
+        except ValueError as e:  # bad options (axis, reduction)
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"image '{image}': {e}") from e
+
+        array = result.mask if self.output == "mask" else result.map
+        data["pred"] = MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(result.affine))
+        is_picture = result.axis is None and Path(image).suffix.lower() in _2D_PICTURES
+        # the label keeps the input's container when that holds it losslessly; else NIfTI with the input's affine
+        data["result_extension"] = ".png" if (is_picture and self.output == "mask") else ".nii.gz"
+        data["result_dtype"] = "uint8" if self.output == "mask" else "float32"
+        summary = result.summary()
+        summary.pop("source", None)  # a server-side temporary path for uploads; the client knows its input
+        summary.update({"bundle": self.bundle.name, "output": self.output, "label": "anomaly"})
+        data["result"] = summary
+        logger.info(
+            f"{self.bundle.name}: score {result.score:.6g} threshold {result.threshold:.6g} "
+            f"decision {result.decision} ({Path(image).name})"
+        )
+        return data

@@ -1,0 +1,136 @@
+"""The MONAI Label pieces without the server: review status from a real ``LocalDatastore``, 2D training items of
+2D and 3D studies, the train task's config overrides for every bundle, and bundle discovery errors.
+
+Runs in the ``monailabel`` environment: ``.venv-label/bin/python -m pytest -q tests/label``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("monailabel", reason="monailabel is not installed: run in the MONAI Label environment (README)")
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+from monailabel.datastore.local import LocalDatastore  # noqa: E402
+from monailabel.interfaces.exception import MONAILabelException  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from medad_monai.label.app import find_bundles  # noqa: E402
+from medad_monai.label.datastore import ReviewStatus, review_status, studies_by_status, training_items  # noqa: E402
+from medad_monai.label.train import AnomalyTrainTask  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def datastore(tmp_path) -> LocalDatastore:
+    """Six 2D studies and a 3-slice volume: a normal by info, a normal by empty label, an anomalous label, an
+    anomalous verdict overriding an empty label, a broken file, and the rest unreviewed."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "studies"
+    root.mkdir()
+    for name in ("a", "b", "c", "d", "e"):
+        Image.fromarray(rng.integers(0, 255, (32, 40), dtype=np.uint8)).save(root / f"{name}.png")
+    (root / "broken.png").write_bytes(b"not an image")
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(rng.random((24, 20, 3)).astype(np.float32), affine), str(root / "vol.nii.gz"))
+    ds = LocalDatastore(str(root), extensions=("*.png", "*.nii.gz"), auto_reload=False)
+    empty, lesion = tmp_path / "empty.png", tmp_path / "lesion.png"
+    Image.fromarray(np.zeros((32, 40), dtype=np.uint8)).save(empty)
+    mask = np.zeros((32, 40), dtype=np.uint8)
+    mask[5:9, 5:9] = 1
+    Image.fromarray(mask).save(lesion)
+    ds.update_image_info("a", {"review": "normal"})
+    ds.save_label("b", str(empty), "final", {})
+    ds.save_label("c", str(lesion), "final", {})
+    ds.save_label("d", str(empty), "final", {})
+    ds.update_image_info("d", {"review": "anomalous"})  # the verdict wins over the (empty) label
+    return ds
+
+
+def test_review_status_from_labels_and_image_info(datastore):
+    assert review_status(datastore, "a") == ReviewStatus.NORMAL
+    assert review_status(datastore, "b") == ReviewStatus.NORMAL
+    assert review_status(datastore, "c") == ReviewStatus.ANOMALOUS
+    assert review_status(datastore, "d") == ReviewStatus.ANOMALOUS
+    groups = studies_by_status(datastore)
+    assert groups[ReviewStatus.UNLABELED] == ["broken", "e", "vol"]
+
+
+def test_training_items_slice_volumes_and_report_unreadable_studies(datastore, tmp_path):
+    paths = [datastore.get_image_uri(i) for i in ("e", "vol", "broken")]
+    items, skipped = training_items(paths, -1, axis=2, cache_dir=tmp_path / "slices")
+    assert [Path(i["image"]).name for i in items][0] == "e.png"
+    slices = [Path(i["image"]) for i in items[1:]]
+    assert len(slices) == 3 and all(i["label"] == -1 for i in items)
+    vol = nib.load(datastore.get_image_uri("vol"))
+    for k, s in enumerate(slices):
+        img = nib.load(str(s))
+        assert img.shape == (24, 20)
+        np.testing.assert_allclose(np.asarray(img.dataobj), np.asarray(vol.dataobj)[:, :, k], rtol=1e-6)
+    assert list(skipped) == [datastore.get_image_uri("broken")] and "cannot read image" in skipped[paths[2]]
+    # the slices are reused while the study is unchanged
+    stamps = [s.stat().st_mtime_ns for s in slices]
+    again, _ = training_items(paths[1:2], -1, axis=2, cache_dir=tmp_path / "slices")
+    assert [Path(i["image"]) for i in again] == slices and [s.stat().st_mtime_ns for s in slices] == stamps
+    along0, _ = training_items(paths[1:2], -1, axis=0, cache_dir=tmp_path / "slices")
+    assert len(along0) == 24
+
+
+def _overrides(bundle: str, datastore, tmp_path, max_epochs: int = 3) -> dict:
+    """What the train task would pass to ``monai.bundle.run`` for ``bundle`` (the run itself is stubbed out)."""
+    task = AnomalyTrainTask(REPO / "bundles" / bundle, {}, slice_cache=tmp_path / "slices")
+    captured = {}
+    task.run_single_gpu = lambda request, overrides: captured.update(overrides)
+    task({"max_epochs": max_epochs, "val_split": 0.5, "device": "cpu", "pretrained": False}, datastore)
+    return captured
+
+
+def test_train_overrides_ddad_normals_validation_and_unlabeled_pool(datastore, tmp_path):
+    o = _overrides("ddad", datastore, tmp_path)
+    normals = [datastore.get_image_uri(i) for i in ("a", "b")]
+    train, val = o["train#dataset#data"], o["validate#dataset#data"]
+    assert len(train) == 1 and len(val) == 1 and sorted(d["image"] for d in train + val) == normals
+    pool = [d["image"] for d in o["train#udm_dataset#data"]]
+    assert pool[:1] == [train[0]["image"]] and len(pool) == 1 + 1 + 3  # normals + e + 3 slices of vol
+    assert o["train#pipeline#num_unlabeled"] == 4
+    assert o["train#trainer#max_epochs"] == 3
+    ddad = json.loads((REPO / "bundles" / "ddad" / "configs" / "train.json").read_text())
+    assert o["asr_epochs"] == max(1, round(ddad["asr_epochs"] * 3 / ddad["epochs"]))
+    assert o["bundle_root"] == str(REPO / "bundles" / "ddad")
+
+
+def test_train_overrides_d24fad_use_the_normals_as_the_support_set(datastore, tmp_path):
+    o = _overrides("d24fad", datastore, tmp_path)
+    assert "train#dataset#data" not in o  # it trains on its source datasets
+    assert sorted(d["image"] for d in o["support_dir"]) == [datastore.get_image_uri(i) for i in ("a", "b")]
+
+
+def test_train_overrides_pdd(datastore, tmp_path):
+    o = _overrides("pdd", datastore, tmp_path)
+    assert len(o["train#dataset#data"]) == 1 and len(o["validate#dataset#data"]) == 1
+    assert "train#udm_dataset#data" not in o and "support_dir" not in o
+
+
+def test_training_needs_two_normals(tmp_path):
+    root = tmp_path / "s"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "x.png")
+    ds = LocalDatastore(str(root), extensions=("*.png",), auto_reload=False)
+    with pytest.raises(MONAILabelException, match="at least 2 readable 2D images reviewed normal"):
+        _overrides("ddad", ds, tmp_path)
+
+
+def test_find_bundles(tmp_path):
+    assert set(find_bundles(REPO / "bundles")) >= {"ddad", "d24fad", "pdd"}
+    assert list(find_bundles(REPO / "bundles", "pdd,ddad")) == ["pdd", "ddad"]
+    with pytest.raises(ValueError, match=r"\['nope'\] not found"):
+        find_bundles(REPO / "bundles", "ddad,nope")
+    with pytest.raises(ValueError, match="no MONAI bundle"):
+        find_bundles(tmp_path)
+    shutil.copytree(REPO / "bundles" / "pdd" / "configs", tmp_path / "mine" / "configs")
+    assert list(find_bundles(tmp_path)) == ["mine"]

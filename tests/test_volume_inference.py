@@ -327,3 +327,38 @@ def test_parity_with_the_d24fad_inference_config(tmp_path):
         assert ours.map.shape == theirs.shape and np.abs(ours.map - theirs).max() <= 1e-5
         assert ours.score == pytest.approx(float(row["score"]), abs=1e-5)
         assert ours.threshold == pytest.approx(float(row["threshold"]), abs=1e-6)
+
+
+def test_served_d24fad_keeps_its_stored_support_unless_setup_is_forced(tmp_path):
+    """``setup="auto"``: a model that carries a support set is served with it (no support images needed);
+    ``setup=True`` re-selects the support from the config's ``support_dir`` (a new target)."""
+    root = tmp_path / "d24fad"
+    shutil.copytree(REPO / "bundles" / "d24fad" / "configs", root / "configs")
+    (root / "models").mkdir()
+    rng = np.random.default_rng(5)
+    folders = {}
+    for name in ("a", "b"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i in range(2):
+            img = rng.integers(0, 255, (40, 48), dtype=np.uint8) // (1 if name == "a" else 4)
+            Image.fromarray(img).save(folders[name] / f"{i}.png")
+    base = {"num_support": 2, "teacher_weights": "random"}
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(root), **base})
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    with_a = load_bundle_model(root, "cpu", overrides={**base, "support_dir": str(folders["a"])})  # no support yet
+    assert bool(with_a.network.has_support)
+    torch.save(with_a.network.state_dict(), root / "models" / "model.pt")  # as training stores it
+
+    auto = load_bundle_model(root, "cpu", overrides={**base, "support_dir": str(folders["b"])})
+    forced = load_bundle_model(root, "cpu", overrides={**base, "support_dir": str(folders["b"])}, setup=True)
+    stored = with_a.network.support_feat_0
+    assert torch.equal(auto.network.support_feat_0, stored)
+    assert not torch.equal(forced.network.support_feat_0, stored)
+    with pytest.raises(ValueError, match="setup must be"):
+        load_bundle_model(root, "cpu", overrides=base, setup="sometimes")

@@ -193,7 +193,7 @@ def load_bundle_model(
     device: str | torch.device | None = None,
     prefer: str = "pt",
     overrides: dict[str, Any] | None = None,
-    setup: bool = True,
+    setup: bool | str = "auto",
 ) -> BundleModel:
     """Load a bundle for serving.
 
@@ -207,7 +207,10 @@ def load_bundle_model(
             after ``bundle_root``.
         setup: run the config's model set-up handlers (those with ``apply()``, e.g. D²4FAD's support set loader)
             after loading the weights, as the bundle's own inference does (eager bundles only; a TorchScript
-            export carries the state it was exported with).
+            export carries the state it was exported with). ``"auto"`` (default): only when the weights do not
+            already carry that state (D²4FAD's ``has_support`` buffer is false), so a trained model is served with
+            the support set it was trained and calibrated with and serving needs no support images; ``True``:
+            always (e.g. with a ``support_dir`` override for a new target); ``False``: never.
 
     Raises:
         BundleLoadError: naming the bundle path, when a config, the metadata or the weights are missing or invalid.
@@ -285,7 +288,10 @@ def load_bundle_model(
             except Exception as e:
                 raise BundleLoadError(f"checkpoint '{model_file}' does not fit network_def: {e}") from e
             network = network.to(dev)
-            if setup:
+            if setup not in (True, False, "auto"):
+                raise ValueError(f"setup must be True, False or 'auto', got {setup!r}")
+            holds_state = bool(getattr(network, "has_support", False))
+            if setup is True or (setup == "auto" and not holds_state):
                 _run_setup_handlers(parser, root)
     network.eval()
     return BundleModel(

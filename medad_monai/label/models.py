@@ -31,9 +31,9 @@ class ServedBundles:
     Args:
         overrides: per bundle name, config overrides for :func:`~medad_monai.inference.load_bundle_model`.
 
-    A model that already carries its set-up state (D²4FAD's support set, ``has_support``) is served as trained;
-    the bundle's set-up handlers (which would read the support set named in ``inference.json``) run only for a
-    model without it.
+    A model that already carries its set-up state (D²4FAD's support set) is served as trained; the bundle's set-up
+    handlers (which read the support set named in ``inference.json``) run only for a model without it
+    (``load_bundle_model(setup="auto")``).
     """
 
     def __init__(self, overrides: dict[str, dict[str, Any]] | None = None) -> None:
@@ -56,9 +56,7 @@ class ServedBundles:
             if cached is not None and cached[0] == stamp:
                 return cached[1]
             overrides = self.overrides.get(root.name, {})
-            model = load_bundle_model(root, device=device, overrides=overrides, setup=False)
-            if hasattr(model.network, "has_support") and not bool(model.network.has_support):
-                model = load_bundle_model(root, device=device, overrides=overrides, setup=True)
+            model = load_bundle_model(root, device=device, overrides=overrides, setup="auto")
             logger.info(f"serving bundle '{root.name}' model {model.model_version} on {device}")
             self._models[key] = (stamp, model)
             return model

@@ -17,6 +17,7 @@ from collections.abc import Sized
 
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
+from medad_monai.engines.distributed import is_rank_zero
 from medad_monai.io import atomic_torch_save
 from medad_monai.networks.ddad import DDAD
 
@@ -63,6 +64,8 @@ class DDADTraining:
         self.save_path = save_path
 
     def _save(self, stage: str) -> None:
+        if not is_rank_zero():  # multi-process training: one writer
+            return
         atomic_torch_save(self.network.state_dict(), self.save_path)
         logger.info(f"DDAD: saved the model after stage '{stage}' to {self.save_path}")
 

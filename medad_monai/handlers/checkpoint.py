@@ -8,6 +8,7 @@ import os
 from ignite.engine import Engine, Events
 from torch import nn
 
+from medad_monai.engines.distributed import is_rank_zero
 from medad_monai.io import atomic_torch_save
 
 __all__ = ["AtomicModelSaver"]
@@ -33,5 +34,7 @@ class AtomicModelSaver:
         engine.add_event_handler(Events.COMPLETED, self.save)
 
     def save(self, engine: Engine | None = None) -> None:
+        if not is_rank_zero():  # multi-process training: one writer
+            return
         atomic_torch_save(self.network.state_dict(), self.path)
         logging.getLogger("medad_monai").info(f"saved model to {self.path}")

@@ -31,12 +31,26 @@ from medad_monai.inference import VOLUME_REDUCTIONS, BundleLoadError, score_volu
 from medad_monai.label.models import ServedBundles
 from medad_monai.transforms import ImageReadError
 
-__all__ = ["OUTPUTS", "AnomalyInferTask"]
+__all__ = ["OUTPUTS", "AnomalyInferTask", "result_extension"]
 
 logger = logging.getLogger("medad_monai")
 
 OUTPUTS = ("mask", "heatmap")
 _2D_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# containers a client may ask for (``result_extension``) that hold the result losslessly, with its geometry
+_VOLUME_FORMATS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
+
+
+def result_extension(requested: Any, output: str, is_picture: bool) -> str:
+    """The container of the returned label or map: the client's ``result_extension`` when it holds the result
+    losslessly (a volume format; PNG for a 2D picture's mask), else PNG for a 2D picture's mask, else NIfTI.
+    A float heatmap never goes into PNG/JPEG, a mask never into JPEG (lossy)."""
+    ext = str(requested).lower() if requested else ""
+    if ext and not ext.startswith("."):
+        ext = "." + ext
+    if ext in _VOLUME_FORMATS or (ext == ".png" and is_picture and output == "mask"):
+        return ext
+    return ".png" if (is_picture and output == "mask") else ".nii.gz"
 
 
 def _first(value: Any) -> Any:
@@ -122,9 +136,8 @@ class AnomalyInferTask(BasicInferTask):
         array = result.mask if self.output == "mask" else result.map
         data["pred"] = MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(result.affine))
         is_picture = result.axis is None and Path(image).suffix.lower() in _2D_PICTURES
-        # the label keeps the input's container when that holds it losslessly; else NIfTI with the input's affine
-        data["result_extension"] = ".png" if (is_picture and self.output == "mask") else ".nii.gz"
-        data["result_dtype"] = "uint8" if self.output == "mask" else "float32"
+        data["result_extension"] = result_extension(data.get("result_extension"), self.output, is_picture)
+        data["result_dtype"] = "uint8" if self.output == "mask" else "float32"  # whatever the client asked
         summary = result.summary()
         summary.pop("source", None)  # a server-side temporary path for uploads; the client knows its input
         summary.update({"bundle": self.bundle.name, "output": self.output, "label": "anomaly"})

@@ -224,6 +224,13 @@ def test_infer_3d_volume_is_scored_slice_by_slice_in_the_input_geometry(server, 
     other, _ = _infer(server, "ddad", "volume", axis=0, volume_reduction="mean")
     assert len(other["slice_scores"]) == vol.shape[0]
     assert other["score"] == pytest.approx(float(np.mean(other["slice_scores"])))
+    # a client asking for NRRD (a lossless volume container) gets the same label in NRRD
+    import nrrd
+
+    _, content = _infer(server, "ddad", "volume", result_extension=".nrrd")
+    (tmp_path / "mask.nrrd").write_bytes(content)
+    data, _ = nrrd.read(str(tmp_path / "mask.nrrd"))
+    assert data.shape == vol.shape and np.array_equal(data, np.asarray(mask.dataobj))
 
 
 def test_heatmap_task_returns_the_float_map_as_nifti(server, studies, tmp_path):

@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 
 from medad_monai.label.app import find_bundles  # noqa: E402
 from medad_monai.label.datastore import ReviewStatus, review_status, studies_by_status, training_items  # noqa: E402
+from medad_monai.label.infer import result_extension  # noqa: E402
 from medad_monai.label.train import AnomalyTrainTask  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,3 +135,13 @@ def test_find_bundles(tmp_path):
         find_bundles(tmp_path)
     shutil.copytree(REPO / "bundles" / "pdd" / "configs", tmp_path / "mine" / "configs")
     assert list(find_bundles(tmp_path)) == ["mine"]
+
+
+def test_result_container_follows_the_client_when_lossless():
+    assert result_extension(None, "mask", is_picture=True) == ".png"
+    assert result_extension(None, "mask", is_picture=False) == ".nii.gz"
+    assert result_extension(".nrrd", "mask", is_picture=False) == ".nrrd"  # e.g. Slicer asking for NRRD
+    assert result_extension("seg.nrrd", "mask", is_picture=False) == ".seg.nrrd"
+    assert result_extension(".jpg", "mask", is_picture=True) == ".png"  # never lossy for a label
+    assert result_extension(".png", "heatmap", is_picture=True) == ".nii.gz"  # PNG cannot hold float32
+    assert result_extension(".png", "mask", is_picture=False) == ".nii.gz"  # a volume's label is not a picture

@@ -16,7 +16,7 @@ Configuration (``monailabel start_server ... --conf KEY VALUE``):
 ``bundles``         folder holding the bundle folders (default: ``<repository>/bundles``)
 ``axis``            slicing axis for 3D volumes, 0/1/2 (default 2: axial for RAS-oriented NIfTI)
 ``volume_reduction``  volume score from slice scores: ``max`` (default), ``mean``, ``topk``
-``strategy_model``  the bundle the active-learning strategies rank with (default: the first served)
+``strategy_model``  the bundle the active-learning strategies rank with (default: the first trained one)
 ``device``          ``cpu``, ``cuda``... (default: CUDA when available)
 ``heatmap``         ``true`` (default) to add the ``<name>_heatmap`` infer tasks
 ==================  =====================================================================================
@@ -94,8 +94,8 @@ class AnomalyLabelApp(MONAILabelApp):
         if self.volume_reduction not in VOLUME_REDUCTIONS:
             raise ValueError(f"conf volume_reduction must be one of {VOLUME_REDUCTIONS}")
         self.device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.strategy_model = conf.get("strategy_model") or next(iter(self.bundles))
-        if self.strategy_model not in self.bundles:
+        self.strategy_model = conf.get("strategy_model") or None  # None: the first bundle with a trained model
+        if self.strategy_model is not None and self.strategy_model not in self.bundles:
             raise ValueError(f"conf strategy_model '{self.strategy_model}' not served: {sorted(self.bundles)}")
         self.heatmap = str(conf.get("heatmap", "true")).lower() in ("1", "true", "yes")
         self.served = ServedBundles()

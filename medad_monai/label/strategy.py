@@ -22,7 +22,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 
 from medad_monai.inference import BundleLoadError, StudyRanker
 from medad_monai.label.datastore import ReviewStatus, studies_by_status
-from medad_monai.label.models import ServedBundles
+from medad_monai.label.models import ServedBundles, bundle_has_model
 
 __all__ = ["STRATEGIES", "AnomalyRankingStrategy"]
 
@@ -39,10 +39,11 @@ class AnomalyRankingStrategy(Strategy):
 
     Args:
         strategy: ``"most_anomalous"`` or ``"nearest_threshold"``.
-        bundles: bundle folders by name; the request's ``model`` picks one, else ``default_model``.
+        bundles: bundle folders by name; the request's ``model`` picks one, else ``default_model``, else the first
+            bundle that has a trained model at the time of the request.
         served: the app's shared :class:`~medad_monai.label.models.ServedBundles`.
         cache_dir: where the score caches live.
-        default_model: the bundle used when the request names none.
+        default_model: the bundle used when the request names none (``None``: the first trained one).
         device: where scoring runs.
         score_options: passed to ``score_volume`` (``axis``, ``volume_reduction``).
     """
@@ -53,13 +54,14 @@ class AnomalyRankingStrategy(Strategy):
         bundles: dict[str, Path],
         served: ServedBundles,
         cache_dir: str | Path,
-        default_model: str,
+        default_model: str | None = None,
         device: str = "cpu",
         score_options: dict[str, Any] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-        super().__init__(f"{STRATEGIES[strategy]} (model: request 'model', default '{default_model}')")
+        default = f"'{default_model}'" if default_model else "the first trained bundle"
+        super().__init__(f"{STRATEGIES[strategy]} (model: request 'model', default {default})")
         self.strategy, self.bundles, self.served = strategy, dict(bundles), served
         self.cache_dir, self.default_model, self.device = Path(cache_dir), default_model, device
         self.score_options = dict(score_options or {})
@@ -76,8 +78,22 @@ class AnomalyRankingStrategy(Strategy):
             raise MONAILabelException(MONAILabelError.APP_ERROR, str(e)) from e
         return StudyRanker.for_model(model, self.cache_dir / f"{model_name}_scores.json", **self.score_options)
 
+    def model_name(self, request: dict[str, Any]) -> str:
+        """The bundle that ranks: the request's ``model``, else the default, else the first trained bundle."""
+        name = request.get("model") or self.default_model
+        if name:
+            return str(name)
+        trained = [n for n, p in self.bundles.items() if bundle_has_model(p)]
+        if not trained:
+            raise MONAILabelException(
+                MONAILabelError.APP_ERROR,
+                f"no served bundle has a trained model yet ({sorted(self.bundles)}); train one first "
+                "(POST /train/<name>)",
+            )
+        return trained[0]
+
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any] | None:
-        model_name = request.get("model") or self.default_model
+        model_name = self.model_name(request)
         candidates = studies_by_status(datastore)[ReviewStatus.UNLABELED]
         if not candidates:
             return None

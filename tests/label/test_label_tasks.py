@@ -22,6 +22,8 @@ from PIL import Image  # noqa: E402
 from medad_monai.label.app import find_bundles  # noqa: E402
 from medad_monai.label.datastore import ReviewStatus, review_status, studies_by_status, training_items  # noqa: E402
 from medad_monai.label.infer import result_extension  # noqa: E402
+from medad_monai.label.models import ServedBundles  # noqa: E402
+from medad_monai.label.strategy import AnomalyRankingStrategy  # noqa: E402
 from medad_monai.label.train import AnomalyTrainTask  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,3 +147,22 @@ def test_result_container_follows_the_client_when_lossless():
     assert result_extension(".jpg", "mask", is_picture=True) == ".png"  # never lossy for a label
     assert result_extension(".png", "heatmap", is_picture=True) == ".nii.gz"  # PNG cannot hold float32
     assert result_extension(".png", "mask", is_picture=False) == ".nii.gz"  # a volume's label is not a picture
+
+
+def test_strategy_ranks_with_the_requested_the_configured_or_the_first_trained_bundle(tmp_path):
+    bundles = {}
+    for name in ("a_untrained", "b_trained", "c_trained"):
+        shutil.copytree(REPO / "bundles" / "pdd" / "configs", tmp_path / name / "configs")
+        bundles[name] = tmp_path / name
+    for name in ("b_trained", "c_trained"):
+        (tmp_path / name / "models").mkdir()
+        (tmp_path / name / "models" / "model.pt").write_bytes(b"")
+    strategy = AnomalyRankingStrategy("most_anomalous", bundles, ServedBundles(), tmp_path / "cache")
+    assert strategy.model_name({}) == "b_trained"
+    assert strategy.model_name({"model": "c_trained"}) == "c_trained"
+    pinned = AnomalyRankingStrategy("most_anomalous", bundles, ServedBundles(), tmp_path / "cache", "c_trained")
+    assert pinned.model_name({}) == "c_trained"
+    none = AnomalyRankingStrategy("nearest_threshold", {"a": bundles["a_untrained"]}, ServedBundles(), tmp_path)
+    with pytest.raises(MONAILabelException) as e:
+        none.model_name({})
+    assert "no served bundle has a trained model" in e.value.msg

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from monai.bundle import ConfigWorkflow
 from PIL import Image
+
+from medad_monai.data.datalists import file_stem
 
 SCHEMA = Path(__file__).resolve().parent / "fixtures" / "meta_schema_20240725.json"
 
@@ -58,3 +62,31 @@ def write_mixed_inputs(folder: Path) -> Path:
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
     nib.save(nib.Nifti1Image(rng.random((50, 60)).astype(np.float32), np.eye(4)), str(folder / "slice.nii.gz"))
     return folder
+
+
+def bundle_inference(bundle: Path, inputs: Path, out: Path, **override) -> dict[str, dict[str, Any]]:
+    """Run the bundle's own ``inference.json`` (MONAI ``ConfigWorkflow``, as ``python -m monai.bundle run``) on a
+    folder on the CPU; returns ``{file stem: {"filename", "map", "score", "decision", "threshold"}}``."""
+    wf = bundle_workflow(
+        str(bundle / "configs" / "inference.json"),
+        str(bundle / "configs" / "metadata.json"),
+        workflow_type="infer",
+        bundle_root=str(bundle),
+        dataset_dir=str(inputs),
+        output_dir=str(out),
+        device="$torch.device('cpu')",
+        **override,
+    )
+    wf.run()
+    wf.finalize()
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    return {
+        file_stem(Path(r["filename"]).name): {
+            "filename": r["filename"],
+            "map": nib.load(r["pred_file"]).get_fdata().astype(np.float32),
+            "score": float(r["score"]),
+            "decision": int(r["decision"]),
+            "threshold": float(r["threshold"]) if r.get("threshold") not in (None, "", "nan") else float("nan"),
+        }
+        for r in rows
+    }

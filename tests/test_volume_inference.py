@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_testing import bundle_inference
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
@@ -305,28 +306,15 @@ def test_parity_with_the_d24fad_inference_config(tmp_path):
     parser.read_config(str(root / "configs" / "inference.json"))
     parser.update({"bundle_root": str(root), **overrides})
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
-    out = tmp_path / "out"
-    wf = ConfigWorkflow(
-        config_file=str(root / "configs" / "inference.json"),
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(root),
-        dataset_dir=str(inputs),
-        output_dir=str(out),
-        device="$torch.device('cpu')",
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
+    rows = bundle_inference(root, inputs, tmp_path / "out", **overrides)
     served = load_bundle_model(root, "cpu", overrides=overrides)
     assert served.reduction == "max" and served.channels == 3 and np.isfinite(served.threshold)
-    for row in csv.DictReader((out / "scores.csv").open()):
+    assert len(rows) == 2
+    for row in rows.values():
         ours = score_volume(served, row["filename"])
-        theirs = nib.load(row["pred_file"]).get_fdata().astype(np.float32)
-        assert ours.map.shape == theirs.shape and np.abs(ours.map - theirs).max() <= 1e-5
-        assert ours.score == pytest.approx(float(row["score"]), abs=1e-5)
-        assert ours.threshold == pytest.approx(float(row["threshold"]), abs=1e-6)
+        assert ours.map.shape == row["map"].shape and np.abs(ours.map - row["map"]).max() <= 1e-5
+        assert ours.score == pytest.approx(row["score"], abs=1e-5)
+        assert ours.threshold == pytest.approx(row["threshold"], abs=1e-6)
 
 
 def test_served_d24fad_keeps_its_stored_support_unless_setup_is_forced(tmp_path):

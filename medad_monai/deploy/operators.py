@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,10 +154,8 @@ class AnomalyInferenceOperator(Operator):
         op_output.emit(scored, "scored")
 
 
-class AnomalyResultWriterOperator(Operator):
-    """Writes, for each :class:`ScoredStudy` on ``scored``, into ``output_folder``: ``<name>_anomaly_map.nii.gz``
-    (float32), ``<name>_anomaly_mask.nii.gz`` (uint8), ``<name>_overlay.png`` and ``<name>_anomaly.json`` (score,
-    threshold, decision, slice scores, model, study UIDs and stray files). All writes are atomic."""
+class _ScoredStudyWriter(Operator):
+    """Receives a :class:`ScoredStudy` on ``scored`` and writes into ``output_folder``, recording in ``run_log``."""
 
     def __init__(
         self, fragment: Fragment, *args: Any, output_folder: str | os.PathLike, run_log: RunLog, **kwargs: Any
@@ -167,6 +166,12 @@ class AnomalyResultWriterOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("scored")
+
+
+class AnomalyResultWriterOperator(_ScoredStudyWriter):
+    """Writes, for each :class:`ScoredStudy` on ``scored``, into ``output_folder``: ``<name>_anomaly_map.nii.gz``
+    (float32), ``<name>_anomaly_mask.nii.gz`` (uint8), ``<name>_overlay.png`` and ``<name>_anomaly.json`` (score,
+    threshold, decision, slice scores, model, study UIDs and stray files). All writes are atomic."""
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         scored: ScoredStudy = op_input.receive("scored")
@@ -184,23 +189,12 @@ class AnomalyResultWriterOperator(Operator):
         self.run_log.add_study(name, {**scored.result.summary(), "study": scored.study.describe()})
 
 
-class _DICOMWriterBase(Operator):
-    """Shared shape of the SR and SEG writers: receive ``scored``, skip non-DICOM studies, build, save."""
+class _DICOMWriterBase(_ScoredStudyWriter):
+    """Shared shape of the SR and SEG writers: skip non-DICOM studies, ``builder(scored, source datasets)``, save
+    as ``<name>_<kind>.dcm``."""
 
-    kind = ""
-
-    def __init__(
-        self, fragment: Fragment, *args: Any, output_folder: str | os.PathLike, run_log: RunLog, **kwargs: Any
-    ) -> None:
-        self.output_folder = Path(output_folder)
-        self.run_log = run_log
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("scored")
-
-    def build(self, scored: ScoredStudy, datasets: list[Any]) -> Any:
-        raise NotImplementedError
+    kind: str
+    builder: Callable[[ScoredStudy, list[Any]], Any]
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         scored: ScoredStudy = op_input.receive("scored")
@@ -208,7 +202,7 @@ class _DICOMWriterBase(Operator):
             return  # NIfTI and pictures have no DICOM study to add results to
         name = scored.study.name
         try:
-            ds = self.build(scored, read_source_datasets(scored.study.files))
+            ds = type(self).builder(scored, read_source_datasets(scored.study.files))
             path = write_dataset(ds, self.output_folder / f"{name}_{self.kind}.dcm")
         except Exception as e:  # e.g. a source series highdicom cannot reference; the NIfTI/JSON outputs stand
             self.run_log.add_failure(name, f"dicom {self.kind}", e)
@@ -220,15 +214,11 @@ class DICOMAnomalySRWriterOperator(_DICOMWriterBase):
     """Writes ``<name>_sr.dcm``: a Comprehensive SR with the score, threshold and decision in the source study."""
 
     kind = "sr"
-
-    def build(self, scored: ScoredStudy, datasets: list[Any]) -> Any:
-        return build_sr(scored, datasets)
+    builder = staticmethod(build_sr)
 
 
 class DICOMAnomalySegWriterOperator(_DICOMWriterBase):
     """Writes ``<name>_seg.dcm``: a binary DICOM SEG of the thresholded map referencing the source series."""
 
     kind = "seg"
-
-    def build(self, scored: ScoredStudy, datasets: list[Any]) -> Any:
-        return build_seg(scored, datasets)
+    builder = staticmethod(build_seg)

@@ -4,7 +4,6 @@ inference read the same config), input folders, running the bundle's ``inference
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -13,11 +12,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from bundle_testing import bundle_workflow
 from monai.bundle import ConfigParser
 from PIL import Image
-
-from medad_monai.data.datalists import file_stem
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
@@ -82,32 +78,6 @@ def write_volume(path: Path, shape: tuple[int, int, int] = (40, 48, 4)) -> tuple
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(vol, affine), str(path))
     return vol, affine
-
-
-def bundle_inference(bundle: Path, inputs: Path, out: Path) -> dict[str, dict[str, Any]]:
-    """Run the bundle's own ``inference.json`` (MONAI ``ConfigWorkflow``, as ``python -m monai.bundle run``) on a
-    folder; returns ``{file stem: {"map", "score", "decision", "threshold"}}``."""
-    wf = bundle_workflow(
-        str(bundle / "configs" / "inference.json"),
-        str(bundle / "configs" / "metadata.json"),
-        workflow_type="infer",
-        bundle_root=str(bundle),
-        dataset_dir=str(inputs),
-        output_dir=str(out),
-        device="$torch.device('cpu')",
-    )
-    wf.run()
-    wf.finalize()
-    rows = list(csv.DictReader((out / "scores.csv").open()))
-    return {
-        file_stem(Path(r["filename"]).name): {
-            "map": nib.load(r["pred_file"]).get_fdata().astype(np.float32),
-            "score": float(r["score"]),
-            "decision": int(r["decision"]),
-            "threshold": float(r["threshold"]) if r.get("threshold") not in (None, "", "nan") else float("nan"),
-        }
-        for r in rows
-    }
 
 
 def read_map(out: Path, stem: str) -> nib.Nifti1Image:

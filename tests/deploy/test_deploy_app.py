@@ -19,11 +19,11 @@ pytest.importorskip("highdicom", reason="highdicom not installed: pip install -e
 
 import highdicom as hd  # noqa: E402
 import pydicom  # noqa: E402
+from bundle_testing import bundle_inference  # noqa: E402
 from deploy_testing import (  # noqa: E402
     APP_DIR,
     REPO,
     assert_parity,
-    bundle_inference,
     read_json,
     read_map,
     write_volume,

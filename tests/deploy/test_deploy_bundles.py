@@ -16,7 +16,8 @@ pytest.importorskip("highdicom", reason="highdicom not installed: pip install -e
 
 import highdicom as hd  # noqa: E402
 import pydicom  # noqa: E402
-from deploy_testing import assert_parity, bundle_inference, make_bundle, read_json, write_pictures  # noqa: E402
+from bundle_testing import bundle_inference  # noqa: E402
+from deploy_testing import assert_parity, make_bundle, read_json, write_pictures  # noqa: E402
 
 from medad_monai.deploy.app import REPORT_NAME, main  # noqa: E402
 

@@ -13,33 +13,12 @@ Example::
 """
 
 import argparse
-import os
-import platform
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from medad_monai.benchmarking import add_runtime_args, runtime_device, time_calls
 from medad_monai.networks.d24fad import D24FAD
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_call(fn: Callable[[], torch.Tensor], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _bench_one(k: int, args: argparse.Namespace, device: torch.device) -> tuple[int, float, float, float, float, float]:
@@ -53,10 +32,10 @@ def _bench_one(k: int, args: argparse.Namespace, device: torch.device) -> tuple[
     per_query = support.unsqueeze(0).expand(b, -1, -1, -1, -1)
     recompute_support = per_query if args.support_mode == "per-query" else support
     with torch.inference_mode():
-        set_support_s = _time_call(lambda: model.set_support(support), device, 0, 1)[0]
-        cached = _time_call(lambda: model(query), device, args.warmup, args.repeats)
-        recomputed = _time_call(
-            lambda: model.forward_with_support(query, recompute_support), device, args.warmup, args.repeats
+        set_support_s = time_calls(lambda: model.set_support(support), 1, 0, device)[0]
+        cached = time_calls(lambda: model(query), args.repeats, args.warmup, device)
+        recomputed = time_calls(
+            lambda: model.forward_with_support(query, recompute_support), args.repeats, args.warmup, device
         )
         max_diff = (model(query) - model.forward_with_support(query, recompute_support)).abs().max().item()
     c_ms = statistics.median(cached) / b * 1e3
@@ -71,8 +50,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="query images per call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per configuration")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    add_runtime_args(parser)
     parser.add_argument(
         "--support-mode",
         choices=["per-query", "shared"],
@@ -82,12 +60,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = runtime_device(args)
     print(
-        f"torch {torch.__version__} | {platform.processor() or platform.machine()} | cpu_count={os.cpu_count()} | "
-        f"threads={torch.get_num_threads()} | device={device} | image {args.image_size}px | batch {args.batch_size} | "
+        f"image {args.image_size}px | batch {args.batch_size} | "
         f"repeats {args.repeats} (+{args.warmup} warm-up) | support mode {args.support_mode}"
     )
     rows = [_bench_one(k, args, device) for k in args.shots]

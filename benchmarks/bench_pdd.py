@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 from pathlib import Path
 
 import torch
 
-from medad_monai.benchmarking import time_calls
+from medad_monai.benchmarking import add_runtime_args, runtime_device, time_calls
 from medad_monai.networks.pdd import PDD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,18 +34,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    parser.add_argument("--device", default="cpu")
+    add_runtime_args(parser)
     args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    print(
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} threads, device {device}"
-    )
-    if hasattr(os, "getloadavg"):
-        print(f"load average before the run: {os.getloadavg()[0]:.2f}")
+    device = runtime_device(args)
     torch.manual_seed(0)
     model = PDD(
         image_size=args.image_size,

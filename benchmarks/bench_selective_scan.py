@@ -8,13 +8,11 @@ Model", NeurIPS 2024): L = 64 * 64 = 4096, d_inner = 96, K = 4 scan routes, d_st
 """
 
 import argparse
-import os
-import platform
 import statistics
 
 import torch
 
-from medad_monai.benchmarking import time_calls
+from medad_monai.benchmarking import add_runtime_args, runtime_device, time_calls
 from medad_monai.networks.selective_scan import (
     DEFAULT_CHUNK_SIZE,
     selective_scan_chunked,
@@ -40,22 +38,10 @@ def main() -> None:
     parser.add_argument("--ref-repeats", type=int, default=3, help="timed calls of the sequential reference")
     parser.add_argument("--image-size", type=int, default=256, help="VMamba-T input size; 0 skips the model")
     parser.add_argument("--model-repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    parser.add_argument("--device", default="cpu")
+    add_runtime_args(parser)
     args = parser.parse_args()
-
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = runtime_device(args)
     torch.manual_seed(0)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"torch {torch.__version__} | {platform.processor() or platform.machine()} | device {device} | "
-        f"threads {torch.get_num_threads()} | cpus {os.cpu_count()} | load avg {load:.1f}"
-    )
-    if device.type == "cpu" and load > (os.cpu_count() or 1):
-        # multi-threaded ops then wait on descheduled OpenMP peers, which penalises the vectorised scan most
-        print("note: the CPU is oversubscribed; timings are unreliable, --threads 1 is less affected")
 
     kd = args.k * args.d_inner
     u = torch.randn(args.batch, kd, args.length, device=device)

@@ -42,6 +42,23 @@ def train_bundle(train_config: str, meta_file: str, bundle_root: Path, **overrid
     return bundle_root
 
 
+def export_torchscript(root: Path, meta_file: str, config_file: str, dest: Path, **override):
+    """``monai.bundle ckpt_export`` of ``root/models/model.pt`` (the documented export path, scripting) into
+    ``dest``; returns the loaded TorchScript module."""
+    import torch
+    from monai.bundle import ckpt_export
+
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(dest),
+        ckpt_file=str(root / "models" / "model.pt"),
+        meta_file=meta_file,
+        config_file=config_file,
+        **override,
+    )
+    return torch.jit.load(str(dest))
+
+
 def offline_schema(folder: Path) -> Path:
     """A copy of the offline stand-in for MONAI's metadata schema, where ``verify_metadata`` expects to find
     an already-downloaded file (so it never downloads)."""

@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import bundle_workflow, offline_schema, train_bundle
-from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
+from bundle_testing import bundle_workflow, export_torchscript, offline_schema, train_bundle
+from monai.bundle import verify_metadata, verify_net_in_out
 from monai.transforms import Compose, ScaleIntensityd
 from PIL import Image
 
@@ -123,14 +123,7 @@ def test_inference_writes_maps_and_scores(trained, inputs, support_dir):
 
 def test_ckpt_export_torchscript_scores_alone_and_equals_eager(trained, tmp_path):
     ts = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(trained / "models" / "model.pt"),
-        meta_file=META,
-        config_file=INFER,
-    )
-    scripted = torch.jit.load(str(ts))
+    scripted = export_torchscript(trained, META, INFER, ts)
     eager = D24FAD(image_size=64, num_support=2)
     eager.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
     eager.eval()

@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import bundle_workflow, offline_schema, train_bundle
-from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
+from bundle_testing import bundle_workflow, export_torchscript, offline_schema, train_bundle
+from monai.bundle import verify_metadata, verify_net_in_out
 from PIL import Image
 
 from medad_monai.networks.pdd import PDD
@@ -123,15 +123,7 @@ def test_verify_net_in_out():
 def test_ckpt_export_torchscript_equals_eager(trained, tmp_path):
     """The documented export path: ``ckpt_export`` with the default ``torch.jit.script`` (no tracing needed)."""
     ts = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(trained / "models" / "model.pt"),
-        meta_file=META,
-        config_file=INFER,
-        **NET,
-    )
-    scripted = torch.jit.load(str(ts))
+    scripted = export_torchscript(trained, META, INFER, ts, **NET)
     eager = PDD(image_size=SIZE, decoder_blocks=(1, 1, 1), wrn_weights="random", vmamba_weights="random")
     eager.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
     eager.eval()

@@ -3,7 +3,6 @@ geometry kept, parity with the bundle's own inference config, thresholds, writer
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -12,8 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import bundle_inference
-from monai.bundle import ConfigWorkflow
+from bundle_testing import bundle_inference, export_torchscript
 from PIL import Image
 
 from medad_monai.inference import (
@@ -152,29 +150,14 @@ def test_parity_with_the_bundle_inference_config(bundle, model, tmp_path):
     Image.fromarray(rng.integers(0, 255, (70, 90), dtype=np.uint8)).save(inputs / "gray.png")
     Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(inputs / "rgb.png")
     shutil.copy(get_testdata_file("CT_small.dcm"), inputs / "ct.dcm")
-    out = tmp_path / "out"
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(bundle),
-        dataset_dir=str(inputs),
-        output_dir=str(out),
-        device="$torch.device('cpu')",
-        **TINY,
-    )
-    wf.initialize()
-    wf.run()
-    rows = list(csv.DictReader((out / "scores.csv").open()))
+    rows = bundle_inference(bundle, inputs, tmp_path / "out", **TINY)
     assert len(rows) == 3
-    for row in rows:
+    for row in rows.values():
         ours = score_volume(model, row["filename"])
-        theirs = nib.load(row["pred_file"]).get_fdata().astype(np.float32)
-        assert ours.map.shape == theirs.shape
-        assert np.abs(ours.map - theirs).max() <= 1e-5
-        assert ours.score == pytest.approx(float(row["score"]), abs=1e-5)
-        assert ours.decision == int(row["decision"])
+        assert ours.map.shape == row["map"].shape
+        assert np.abs(ours.map - row["map"]).max() <= 1e-5
+        assert ours.score == pytest.approx(row["score"], abs=1e-5)
+        assert ours.decision == row["decision"]
 
 
 def test_png_and_real_dicom_inputs(model, tmp_path):
@@ -263,18 +246,11 @@ def test_unreadable_file_is_named(model, tmp_path):
 
 def test_torchscript_bundle_matches_eager(bundle, model, volume, tmp_path):
     """A ``ckpt_export`` TorchScript (``model.ts``, alone or in a bundle folder) serves the same maps as eager."""
-    from monai.bundle import ckpt_export
-
     ts = tmp_path / "alone" / "model.ts"
     ts.parent.mkdir()
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(bundle / "models" / "model.pt"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        config_file=str(bundle / "configs" / "inference.json"),
-        bundle_root=str(bundle),
-        **TINY,
+    configs = bundle / "configs"
+    export_torchscript(
+        bundle, str(configs / "metadata.json"), str(configs / "inference.json"), ts, bundle_root=str(bundle), **TINY
     )
     scripted = load_bundle_model(ts, device="cpu")  # embedded metadata.json and inference.json
     assert isinstance(scripted.network, torch.jit.ScriptModule) and scripted.model_file == ts

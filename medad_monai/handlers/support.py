@@ -34,7 +34,13 @@ from medad_monai.data.datalists import folder_datalist, input_datalist, load_jso
 from medad_monai.data.demo import resolve_dataset_dir
 from medad_monai.handlers.threshold import quantile_threshold
 
-__all__ = ["SupportSetLoader", "random_support_network", "select_support", "support_datalist"]
+__all__ = [
+    "SupportSetLoader",
+    "calibration_holdout",
+    "random_support_network",
+    "select_support",
+    "support_datalist",
+]
 
 logger = logging.getLogger("medad_monai")
 
@@ -82,6 +88,16 @@ def select_support(
     support = [items[i] for i in order[:num_support]]
     rest = [it for i, it in enumerate(items) if i not in chosen]
     return support, rest
+
+
+def calibration_holdout(
+    rest: Sequence[dict[str, Any]], num_calibration: int, seed: int = 0, source: str = "support"
+) -> list[dict[str, Any]]:
+    """The target normals that calibrate the threshold (``calibration="holdout"``): at most ``num_calibration`` of
+    the normals left after :func:`select_support` (drawn with ``seed + 1``, a draw independent of the support's)."""
+    if len(rest) <= num_calibration:
+        return list(rest)
+    return select_support(rest, num_calibration, seed + 1, source)[0]
 
 
 def _load_images(
@@ -215,9 +231,7 @@ class SupportSetLoader:
             logger.warning("D24FAD: no target normals beyond the support set: calibrating by leave-one-out instead")
             mode = "loo"
         if mode == "holdout":
-            held = rest
-            if len(rest) > self.num_calibration:
-                held = select_support(rest, self.num_calibration, self.seed + 1, source)[0]
+            held = calibration_holdout(rest, self.num_calibration, self.seed, source)
             scores = self._scores(_load_images(held, self.transform, net.image_size))
             what = f"{len(held)} held-out target normals (not in the support set)"
         else:

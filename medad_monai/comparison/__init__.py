@@ -1,0 +1,13 @@
+"""Compare a bundle with anomalib's reverse distillation and PatchCore on the same data and machine (DESIGN §5).
+
+- :mod:`~medad_monai.comparison.data`: the bundle's training/calibration/test data, read from its config;
+- :mod:`~medad_monai.comparison.baselines`: anomalib's torch models, fitted with anomalib's recipe;
+- :mod:`~medad_monai.comparison.worker`: one method in one process (its own peak memory);
+- :mod:`~medad_monai.comparison.runner`: :func:`compare_with_anomalib`, the ``medad-monai compare-anomalib`` command.
+
+anomalib is an optional dependency (``pip install -e '.[anomalib]'``); it is imported only when a baseline is built.
+"""
+
+from medad_monai.comparison.runner import DEFAULT_METHODS, compare_with_anomalib
+
+__all__ = ["DEFAULT_METHODS", "compare_with_anomalib"]

@@ -1,0 +1,240 @@
+"""One command that compares a bundle with anomalib's reverse distillation and PatchCore on the same data and
+machine (DESIGN §5): ``medad-monai compare-anomalib --bundle pdd --out runs/compare-pdd``.
+
+Each method runs in its own process (``python -m medad_monai.comparison``, see
+:mod:`~medad_monai.comparison.worker`), one after the other, on the bundle's data
+(:mod:`~medad_monai.comparison.data`). Every threshold comes from normals outside the test split (the bundle's own
+calibration; the baselines' quantile of the same validation or held-out normals), so the sensitivity/specificity
+columns are honest operating points, not test-tuned ones. ``results.md`` puts the image-level metrics beside the
+costs (fit time, per-image latency, peak memory) and their ratios to the bundle's, all measured in this one run;
+``roc.png`` and ``score_histograms.png`` show the scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medad_monai.bundle import resolve_bundle_root
+from medad_monai.comparison.baselines import BASELINES
+from medad_monai.comparison.worker import BUNDLE
+from medad_monai.io import atomic_write_json, atomic_write_text
+from medad_monai.metrics.ranking import average_precision, f1_max, roc_auc
+from medad_monai.provenance import provenance
+from medad_monai.visualize import plot_roc_curves, plot_score_histograms
+
+__all__ = ["DEFAULT_METHODS", "bundle_overrides", "compare_with_anomalib", "format_results", "summarize"]
+
+logger = logging.getLogger("medad_monai")
+
+DEFAULT_METHODS: tuple[str, ...] = (BUNDLE, *BASELINES)
+BUNDLE_NAMES: tuple[str, ...] = ("ddad", "d24fad", "pdd")
+_TEACHER_KEYS: tuple[str, ...] = ("teacher_weights", "wrn_weights")
+
+
+def _configs_dir(bundle: str | os.PathLike) -> Path:
+    """``"pdd"`` (a bundle of this repository) or a bundle folder -> its ``configs/`` folder."""
+    root = Path(resolve_bundle_root(str(bundle))) if str(bundle) in BUNDLE_NAMES else Path(bundle)
+    configs = root / "configs"
+    for name in ("train.json", "evaluate.json", "metadata.json"):
+        if not (configs / name).is_file():
+            raise FileNotFoundError(
+                f"bundle '{root}' has no configs/{name}; expected one of {BUNDLE_NAMES} or a bundle folder"
+            )
+    return configs
+
+
+def bundle_overrides(
+    config: dict[str, Any],
+    dataset: str | None = None,
+    image_size: int | None = None,
+    epochs: int | None = None,
+    teacher_weights: str | None = None,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The bundle config overrides of a comparison. ``dataset`` is the few-shot bundle's ``target`` (its support
+    and test data) or the one-class bundle's ``dataset_dir``; ``teacher_weights`` goes to the bundle's
+    WideResNet50-2 teacher key (``teacher_weights`` or ``wrn_weights``; ``"random"`` also makes PDD's VMamba
+    random, since only the WideResNet is shared with the baselines)."""
+    out: dict[str, Any] = {"seed": int(seed)}
+    if dataset is not None:
+        out["target" if "target" in config else "dataset_dir"] = dataset
+    if image_size is not None:
+        out["image_size"] = int(image_size)
+    if epochs is not None:
+        out["epochs"] = int(epochs)
+    if teacher_weights is not None:
+        for key in _TEACHER_KEYS:
+            if key in config:
+                out[key] = teacher_weights
+        if teacher_weights == "random" and "vmamba_weights" in config:
+            out["vmamba_weights"] = "random"
+    out.update(extra or {})
+    return out
+
+
+def summarize(record: dict[str, Any]) -> dict[str, Any]:
+    """Image metrics of one method's record: AUROC, AP, F1-max and sensitivity/specificity at its threshold."""
+    s, y = np.asarray(record["scores"], dtype=np.float64), np.asarray(record["labels"])
+    t = float(record["threshold"])
+    row = {
+        "method": record["method"],
+        "auroc": roc_auc(s, y),
+        "ap": average_precision(s, y),
+        "f1_max": f1_max(s, y)[0],
+        "sensitivity": float(np.mean(s[y == 1] > t)) if np.isfinite(t) else float("nan"),
+        "specificity": float(np.mean(s[y == 0] <= t)) if np.isfinite(t) else float("nan"),
+    }
+    for key in ("fit_seconds", "latency_ms", "peak_rss_mb", "cuda_peak_mb", "description"):
+        row[key] = record.get(key)
+    return row
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return f"x{value / reference:.2f}" if value and reference else "n/a"
+
+
+def format_results(rows: list[dict[str, Any]], title: str) -> str:
+    """Markdown table: metrics (%) then costs and their ratio to the bundle's (first row if it is the bundle)."""
+    ref = next((r for r in rows if r["method"] == BUNDLE), None)
+    gpu = any(r.get("cuda_peak_mb") for r in rows)
+    mem_key = "cuda_peak_mb" if gpu else "peak_rss_mb"
+    mem_name = "CUDA peak MB" if gpu else "peak RSS MB"
+    head = (
+        "| method | AUROC | AP | F1-max | sens@thr | spec@thr | fit s | ms/image | "
+        f"{mem_name} | fit vs bundle | latency vs bundle | memory vs bundle |"
+    )
+    lines = [f"### {title}", "", head, "|---|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {100 * r['auroc']:.1f} | {100 * r['ap']:.1f} | {100 * r['f1_max']:.1f} | "
+            f"{100 * r['sensitivity']:.1f} | {100 * r['specificity']:.1f} | {r['fit_seconds']:.1f} | "
+            f"{r['latency_ms']:.1f} | {r[mem_key]:.0f} | "
+            f"{_ratio(r['fit_seconds'], ref and ref['fit_seconds'])} | "
+            f"{_ratio(r['latency_ms'], ref and ref['latency_ms'])} | {_ratio(r[mem_key], ref and ref[mem_key])} |"
+        )
+    lines.append("")
+    lines += [f"- {r['method']}: {r['description']}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def compare_with_anomalib(
+    bundle: str | os.PathLike,
+    out: str | os.PathLike,
+    dataset: str | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    image_size: int | None = None,
+    epochs: int | None = None,
+    rd_epochs: int = 20,
+    teacher_weights: str = "random",
+    batch_size: int = 8,
+    coreset_sampling_ratio: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int = 0,
+    timing_repeats: int = 10,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Fit and test the bundle and the anomalib baselines; write ``results.md/.csv/.json``, ``roc.png`` and
+    ``score_histograms.png`` in ``out``. Returns one summary row per method that finished.
+
+    Args:
+        bundle: ``"ddad"``, ``"d24fad"``, ``"pdd"`` or a bundle folder.
+        out: output folder (a ``bundle/`` copy with the trained model, ``<method>.json`` per method, the report).
+        dataset: the data (a folder in the ``train/good``, ``test/good``, ``test/bad`` layout or ``demo:<domain>``);
+            default the bundle's.
+        methods: any of ``bundle``, ``reverse_distillation``, ``patchcore``.
+        image_size, epochs: bundle overrides (the baselines use the same ``image_size``).
+        rd_epochs: reverse distillation epochs over the training normals.
+        teacher_weights: WideResNet50-2 weights of every method (``random``, ``imagenet`` or a ``.pth`` path).
+        batch_size: baselines' training batch size, and everyone's scoring batch size.
+        coreset_sampling_ratio: PatchCore's coreset fraction.
+        seed: seed of every method (and of the bundle's data split).
+        device: where every method runs; threads: torch CPU threads per method (0: torch default).
+        timing_repeats: timed single-image calls per method (after two warm-up calls).
+        overrides: further bundle config overrides.
+
+    Raises:
+        RuntimeError: a method failed (after the others ran and the report of those that finished is written).
+    """
+    unknown = [m for m in methods if m not in DEFAULT_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {DEFAULT_METHODS}")
+    configs = _configs_dir(bundle)
+    config = json.loads((configs / "train.json").read_text())
+    out_dir = Path(out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "configs": str(configs),
+        "overrides": bundle_overrides(config, dataset, image_size, epochs, teacher_weights, seed, overrides),
+        "teacher_weights": teacher_weights,
+        "rd_epochs": int(rd_epochs),
+        "batch_size": int(batch_size),
+        "coreset_sampling_ratio": float(coreset_sampling_ratio),
+        "seed": int(seed),
+        "device": str(device),
+        "threads": int(threads),
+        "timing_repeats": int(timing_repeats),
+    }
+    atomic_write_json(spec, out_dir / "spec.json")
+    records, failed = [], []
+    for method in methods:
+        result = out_dir / f"{method}.json"
+        result.unlink(missing_ok=True)
+        logger.info("compare-anomalib: %s", method)
+        cmd = [sys.executable, "-m", "medad_monai.comparison", str(out_dir / "spec.json"), method, str(result)]
+        if subprocess.run(cmd, check=False).returncode != 0 or not result.is_file():
+            logger.error("compare-anomalib: %s failed (its log is above)", method)
+            failed.append(method)
+            continue
+        records.append(json.loads(result.read_text()))
+    rows = [summarize(r) for r in records]
+    if rows:
+        _write_report(out_dir, rows, records, spec, Path(configs).parent.name)
+    if failed:
+        raise RuntimeError(f"compare-anomalib: {', '.join(failed)} failed; the report in {out_dir} lacks them")
+    return rows
+
+
+def _write_report(
+    out: Path, rows: list[dict[str, Any]], records: list[dict[str, Any]], spec: dict[str, Any], name: str
+) -> None:
+    data = records[0]["data"]
+    dataset = data["dataset"]
+    title = f"{name} vs anomalib on {dataset} ({data['setting']}, {data['image_size']} px)"
+    try:
+        anomalib_version = metadata.version("anomalib")
+    except metadata.PackageNotFoundError:
+        anomalib_version = None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    text = format_results(rows, title)
+    text += (
+        f"\nData: {data['train_images']} training normals, {data['calibration_images']} calibration normals, "
+        f"{data['test_images']} test images ({data['test_anomalous']} anomalous). Thresholds: the "
+        f"{data['threshold_quantile']} quantile of normals outside the test split. Seed {spec['seed']}; device "
+        f"{spec['device']}; WideResNet50-2 weights '{spec['teacher_weights']}'; load average {load:.1f} at the end "
+        f"(ratios are side by side in this run). Bundle overrides: {json.dumps(spec['overrides'])}.\n"
+    )
+    atomic_write_text(text, out / "results.md")
+    keys = ["method", "auroc", "ap", "f1_max", "sensitivity", "specificity", "fit_seconds", "latency_ms"]
+    keys += ["peak_rss_mb", "cuda_peak_mb"]
+    csv = [",".join(keys)] + [",".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
+    atomic_write_text("\n".join(csv) + "\n", out / "results.csv")
+    atomic_write_json(
+        {"rows": rows, "spec": spec, "provenance": provenance(spec["seed"], anomalib=anomalib_version)},
+        out / "results.json",
+    )
+    labels = np.asarray(records[0]["labels"])
+    scores = {r["method"]: np.asarray(r["scores"]) for r in records}
+    plot_roc_curves(scores, labels, out / "roc.png", title=title)
+    plot_score_histograms(scores, labels, out / "score_histograms.png")

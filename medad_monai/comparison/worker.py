@@ -1,0 +1,166 @@
+"""Fit and test one method of a comparison in this process; the runner starts one process per method so that each
+one's peak memory is its own (``ru_maxrss`` of the process, CUDA peak allocation on a GPU).
+
+``python -m medad_monai.comparison SPEC_JSON METHOD RESULT_JSON`` writes, atomically, the method's test
+scores, its calibrated threshold, and what it cost: fit seconds (training plus threshold calibration), per-image
+inference latency (batch of one, after warm-up) and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.transforms import Compose
+from torch.utils.data import DataLoader, TensorDataset
+
+from medad_monai.benchmarking import time_calls
+from medad_monai.comparison.baselines import BASELINES, build_baseline, fit_patchcore, fit_reverse_distillation
+from medad_monai.comparison.data import ComparisonData, baseline_preprocessing, comparison_data, load_batch
+from medad_monai.handlers.threshold import quantile_threshold
+from medad_monai.inference.bundle_model import load_bundle_model
+from medad_monai.io import atomic_write_json
+from medad_monai.provenance import seed_everything
+
+__all__ = ["BUNDLE", "run_method"]
+
+logger = logging.getLogger("medad_monai")
+
+BUNDLE = "bundle"
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _parser(configs: Path, overrides: dict[str, Any]) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "evaluate.json")])
+    parser.update(overrides)
+    return parser
+
+
+def _score_all(score: Scorer, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    return np.concatenate([score(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)])
+
+
+def _fit_bundle(spec: dict[str, Any], out: Path, device: torch.device) -> tuple[Scorer, float, str, Compose]:
+    """Train the bundle's own ``train.json`` in a copy of the bundle under ``out``; serve it as MONAI Label and
+    MONAI Deploy do (:func:`~medad_monai.inference.bundle_model.load_bundle_model`)."""
+    root = out / "bundle"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(spec["configs"], root / "configs")
+    overrides = {**spec["overrides"], "bundle_root": str(root), "device": f"$torch.device('{device}')"}
+    configs = root / "configs"
+    wf = ConfigWorkflow(
+        config_file=str(configs / "train.json"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        run_id="training",
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    served = load_bundle_model(root, device, overrides=spec["overrides"])
+
+    def score(images: torch.Tensor) -> torch.Tensor:
+        return served.score(served.predict(images))
+
+    description = f"{served.name} {served.version} (model {served.model_version})"
+    return score, served.threshold, description, served.preprocessing
+
+
+def _fit_baseline(
+    name: str, spec: dict[str, Any], data: ComparisonData, device: torch.device
+) -> tuple[Scorer, float, str, Compose]:
+    transform = baseline_preprocessing(data.image_size)
+    model, weights = build_baseline(name, data.image_size, spec["teacher_weights"])
+    train = load_batch(data.train, transform)
+    generator = torch.Generator().manual_seed(int(spec["seed"]))
+    loader = DataLoader(TensorDataset(train), batch_size=int(spec["batch_size"]), shuffle=True, generator=generator)
+    batches = _Images(loader)
+    if name == "reverse_distillation":
+        fit_reverse_distillation(model, batches, int(spec["rd_epochs"]), device)
+        detail = f"{spec['rd_epochs']} epochs"
+    else:
+        size = fit_patchcore(model, batches, device, float(spec["coreset_sampling_ratio"]))
+        detail = f"memory bank {size}"
+
+    @torch.no_grad()
+    def score(images: torch.Tensor) -> torch.Tensor:
+        return model(images.to(device))[1].float().cpu()
+
+    scores = _score_all(score, load_batch(data.calibration, transform), int(spec["batch_size"]))
+    threshold = quantile_threshold(scores, data.quantile)
+    return score, threshold, f"anomalib {name}, backbone {weights}, {detail}", transform
+
+
+class _Images:
+    """Re-iterable view of a ``TensorDataset`` loader that yields the image tensors alone."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self):  # noqa: ANN204
+        return (batch[0] for batch in self.loader)
+
+
+def run_method(spec: dict[str, Any], method: str, out: Path) -> dict[str, Any]:
+    """Fit ``method`` (``"bundle"`` or one of the anomalib baselines) on the spec's bundle data and score its test
+    split; returns the result record (see the module docstring)."""
+    device = torch.device(spec["device"])
+    seed_everything(int(spec["seed"]))
+    parser = _parser(Path(spec["configs"]), spec["overrides"])
+    data = comparison_data(parser)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    if method == BUNDLE:
+        score, threshold, description, transform = _fit_bundle(spec, out, device)
+    elif method in BASELINES:
+        score, threshold, description, transform = _fit_baseline(method, spec, data, device)
+    else:
+        raise ValueError(f"unknown method {method!r}; expected '{BUNDLE}' or one of {BASELINES}")
+    fit_seconds = time.perf_counter() - start
+
+    test = load_batch(data.test, transform)
+    scores = _score_all(score, test, int(spec["batch_size"]))
+    one = test[:1]
+    latency = time_calls(lambda: score(one), int(spec["timing_repeats"]), warmup=2, device=device)
+    record = {
+        "method": method,
+        "description": description,
+        "threshold": float(threshold),
+        "scores": [float(s) for s in scores],
+        "labels": [int(it["label"]) for it in data.test],
+        "files": [str(it["image"]) for it in data.test],
+        "fit_seconds": round(fit_seconds, 2),
+        "latency_ms": round(1000 * float(np.median(latency)), 2),
+        # Linux reports ru_maxrss in KiB
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cuda_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        "data": data.summary(),
+    }
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        raise SystemExit("usage: python -m medad_monai.comparison SPEC_JSON METHOD RESULT_JSON")
+    spec_file, method, result_file = args
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    spec = json.loads(Path(spec_file).read_text())
+    if int(spec.get("threads", 0)) > 0:
+        torch.set_num_threads(int(spec["threads"]))
+    record = run_method(spec, method, Path(result_file).parent)
+    atomic_write_json(record, result_file)

@@ -1,0 +1,186 @@
+"""The anomalib comparison (``medad-monai compare-anomalib``): data shared with the bundle, baselines, report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from medad_monai.comparison.data import comparison_data
+from medad_monai.comparison.runner import bundle_overrides, compare_with_anomalib, summarize
+from medad_monai.metrics.ranking import roc_auc
+
+REPO = Path(__file__).resolve().parents[1]
+needs_anomalib = pytest.mark.skipif(
+    importlib.util.find_spec("anomalib") is None, reason="anomalib not installed: pip install -e '.[anomalib]'"
+)
+
+
+def _config(bundle: str) -> dict:
+    return json.loads((REPO / "bundles" / bundle / "configs" / "train.json").read_text())
+
+
+def _parser(bundle: str, **overrides) -> ConfigParser:
+    configs = REPO / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "evaluate.json")])
+    parser.update(overrides)
+    return parser
+
+
+def test_overrides_route_dataset_and_teacher_to_each_bundle_keys():
+    d24 = bundle_overrides(_config("d24fad"), "demo:fundus", 96, 3, "imagenet", 4, {"num_support": 4})
+    assert d24 == {
+        "seed": 4,
+        "target": "demo:fundus",
+        "image_size": 96,
+        "epochs": 3,
+        "teacher_weights": "imagenet",
+        "num_support": 4,
+    }
+    pdd = bundle_overrides(_config("pdd"), "demo:head_ct", teacher_weights="random")
+    assert pdd == {"seed": 0, "dataset_dir": "demo:head_ct", "wrn_weights": "random", "vmamba_weights": "random"}
+    # only the WideResNet is shared with the baselines: ImageNet there leaves PDD's VMamba setting alone
+    assert "vmamba_weights" not in bundle_overrides(_config("pdd"), teacher_weights="imagenet")
+    assert bundle_overrides(_config("ddad"), "demo:brain_mr", teacher_weights="random") == {
+        "seed": 0,
+        "dataset_dir": "demo:brain_mr",
+    }
+
+
+def test_summarize_against_a_hand_computed_operating_point():
+    record = {
+        "method": "m",
+        "scores": [0.1, 0.4, 0.35, 0.8],
+        "labels": [0, 0, 1, 1],
+        "threshold": 0.38,
+        "fit_seconds": 1.0,
+        "latency_ms": 2.0,
+        "peak_rss_mb": 3.0,
+        "cuda_peak_mb": None,
+        "description": "d",
+    }
+    row = summarize(record)
+    assert row["auroc"] == pytest.approx(0.75)  # 3 of 4 anomalous/normal pairs ordered
+    assert row["ap"] == pytest.approx((1 + 2 / 3) / 2)
+    assert row["f1_max"] == pytest.approx(0.8)  # t = 0.35: tp 2, fp 1
+    assert row["sensitivity"] == pytest.approx(0.5)  # 0.8 > 0.38, 0.35 not
+    assert row["specificity"] == pytest.approx(0.5)  # 0.1 <= 0.38, 0.4 not
+
+
+def test_one_class_data_keeps_test_images_out_of_training_and_calibration():
+    data = comparison_data(_parser("pdd"))
+    files = {k: {str(it["image"]) for it in getattr(data, k)} for k in ("train", "calibration", "test")}
+    assert data.setting == "one-class" and data.dataset == "demo:brain_mr"
+    assert files["train"] and files["calibration"] and files["test"]
+    assert not files["train"] & files["test"] and not files["calibration"] & files["test"]
+    assert not files["train"] & files["calibration"]
+    assert {int(it["label"]) for it in data.test} == {0, 1}
+
+
+def test_few_shot_baselines_learn_from_the_bundles_own_support_set():
+    parser = _parser("d24fad", teacher_weights="random", num_support=4, seed=3)
+    data = comparison_data(parser)
+    loader = parser.get_parsed_content("support_loader")
+    loader.apply()  # what the bundle does at evaluation: picks the K support images and calibrates
+    assert data.setting == "few-shot" and len(data.train) == 4
+    assert [str(it["image"]) for it in data.train] == loader.support_files
+    support, calibration = set(loader.support_files), {str(it["image"]) for it in data.calibration}
+    assert calibration and not calibration & support
+    assert not calibration & {str(it["image"]) for it in data.test}
+
+
+def test_unknown_method_or_bundle_folder_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        compare_with_anomalib("pdd", tmp_path, methods=["padim"])
+    with pytest.raises(FileNotFoundError, match="no configs/train.json"):
+        compare_with_anomalib(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_a_failing_method_is_named_and_nothing_half_written(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="patchcore failed"):
+        compare_with_anomalib("pdd", out, methods=["patchcore"], teacher_weights=str(tmp_path / "missing.pth"))
+    assert not (out / "results.md").exists() and not (out / "patchcore.json").exists()
+
+
+@needs_anomalib
+def test_baseline_backbones_get_the_bundles_teacher_weights(tmp_path):
+    from torchvision.models import wide_resnet50_2
+
+    from medad_monai.comparison.baselines import build_baseline
+    from medad_monai.networks.teachers import WideResNetTeacher
+
+    weights = tmp_path / "wrn.pth"
+    torch.manual_seed(7)
+    torch.save(wide_resnet50_2(weights=None).state_dict(), weights)
+    teacher = WideResNetTeacher(weights=str(weights), normalize=True)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = teacher(x)
+        rd, description = build_baseline("reverse_distillation", 64, str(weights))
+        rd.eval()
+        got = list(rd.model.encoder((x - rd.mean) / rd.std).values())
+        patchcore, _ = build_baseline("patchcore", 64, str(weights))
+        got_pc = list(patchcore.model.feature_extractor((x - rd.mean) / rd.std).values())
+    assert "local file" in description
+    for a, b in zip(got, expected[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got_pc, expected[1:3]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_anomalib
+def test_baselines_learn_the_demo_normals():
+    from medad_monai.comparison.baselines import build_baseline, fit_patchcore, fit_reverse_distillation
+    from medad_monai.comparison.data import baseline_preprocessing, load_batch
+
+    data = comparison_data(_parser("pdd"))
+    transform = baseline_preprocessing(data.image_size)
+    train, test = load_batch(data.train, transform), load_batch(data.test, transform)
+    labels = np.array([int(it["label"]) for it in data.test])
+    cpu = torch.device("cpu")
+
+    patchcore, _ = build_baseline("patchcore", data.image_size, "random")
+    bank = fit_patchcore(patchcore, [train[i : i + 16] for i in range(0, len(train), 16)], cpu)
+    with torch.no_grad():
+        maps, scores = patchcore(test)
+    assert maps.shape == (len(test), 1, data.image_size, data.image_size)
+    assert 0 < bank < len(train) * (data.image_size // 8) ** 2
+    assert roc_auc(scores.numpy(), labels) > 0.9
+
+    rd, _ = build_baseline("reverse_distillation", data.image_size, "random")
+    history = fit_reverse_distillation(rd, [train[i : i + 8] for i in range(0, 32, 8)], epochs=3, device=cpu)
+    assert len(history) == 3 and history[-1] < history[0]
+
+
+@needs_anomalib
+def test_compare_a_few_shot_bundle_end_to_end(tmp_path):
+    rows = compare_with_anomalib(
+        "d24fad",
+        tmp_path,
+        epochs=1,
+        rd_epochs=1,
+        batch_size=4,
+        timing_repeats=2,
+        overrides={"epoch_length": 2, "batch_size": 2},
+    )
+    assert [r["method"] for r in rows] == ["bundle", "reverse_distillation", "patchcore"]
+    for r in rows:
+        assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["specificity"] <= 1.0
+        assert r["fit_seconds"] > 0 and r["latency_ms"] > 0 and r["peak_rss_mb"] > 100
+    records = {r["method"]: json.loads((tmp_path / f"{r['method']}.json").read_text()) for r in rows}
+    assert len({tuple(r["files"]) for r in records.values()}) == 1  # one test split for all
+    assert all(r["data"]["train_images"] == 2 for r in records.values())  # K=2 target normals
+    stored = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)["threshold"]
+    assert records["bundle"]["threshold"] == pytest.approx(float(stored))
+    report = (tmp_path / "results.md").read_text()
+    assert "few-shot" in report and "| patchcore |" in report and "x1.00" in report
+    assert json.loads((tmp_path / "results.json").read_text())["provenance"]["anomalib"]
+    for picture in ("roc.png", "score_histograms.png"):
+        assert (tmp_path / picture).stat().st_size > 1000

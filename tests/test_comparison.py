@@ -95,6 +95,24 @@ def test_few_shot_baselines_learn_from_the_bundles_own_support_set():
     assert not calibration & {str(it["image"]) for it in data.test}
 
 
+def test_masks_for_the_pixel_metric(tmp_path):
+    from PIL import Image
+
+    from medad_monai.comparison.data import load_masks
+
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[:10, :10] = 255  # the top-left quarter
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    items = [{"image": "n.png", "label": 0}, {"image": "a.png", "label": 1, "mask": str(tmp_path / "m.png")}]
+    masks = load_masks(items, 8)
+    assert masks.shape == (2, 1, 8, 8) and masks.dtype == torch.bool
+    assert not masks[0].any()
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[:4, :4] = True
+    assert torch.equal(masks[1, 0], expected)
+    assert load_masks([{"image": "a.png", "label": 1}], 8) is None  # an anomaly without a mask: no pixel metric
+
+
 def test_unknown_method_or_bundle_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         compare_with_anomalib("pdd", tmp_path, methods=["padim"])
@@ -172,7 +190,7 @@ def test_compare_a_few_shot_bundle_end_to_end(tmp_path):
     )
     assert [r["method"] for r in rows] == ["bundle", "reverse_distillation", "patchcore"]
     for r in rows:
-        assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["specificity"] <= 1.0
+        assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["specificity"] <= 1.0 and 0.0 <= r["pixel_auroc"] <= 1.0
         assert r["fit_seconds"] > 0 and r["latency_ms"] > 0 and r["peak_rss_mb"] > 100
     records = {r["method"]: json.loads((tmp_path / f"{r['method']}.json").read_text()) for r in rows}
     assert len({tuple(r["files"]) for r in records.values()}) == 1  # one test split for all

@@ -20,7 +20,7 @@ from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityd
 from medad_monai.handlers.support import calibration_holdout, select_support, support_datalist
 from medad_monai.transforms import ChannelPolicyd, LoadAnomalyImaged
 
-__all__ = ["ComparisonData", "baseline_preprocessing", "comparison_data", "load_batch"]
+__all__ = ["ComparisonData", "baseline_preprocessing", "comparison_data", "load_batch", "load_masks"]
 
 
 @dataclass
@@ -88,6 +88,28 @@ def baseline_preprocessing(image_size: int) -> Compose:
             EnsureTyped(keys="image", dtype=torch.float32),
         ]
     )
+
+
+def load_masks(items: list[Mapping[str, Any]], image_size: int) -> torch.Tensor | None:
+    """Binary lesion masks ``(N, 1, S, S)`` at ``image_size`` (nearest resampling, as the bundles resize masks); a
+    normal image without a mask is all background. ``None`` when an anomalous image has no mask (no pixel
+    metric then)."""
+    if any(int(it["label"]) == 1 and not it.get("mask") for it in items):
+        return None
+    transform = Compose(
+        [
+            LoadAnomalyImaged(keys="mask"),
+            Resized(keys="mask", spatial_size=(image_size, image_size), mode="nearest"),
+        ]
+    )
+    masks = []
+    for it in items:
+        if it.get("mask"):
+            mask = torch.as_tensor(transform({"mask": it["mask"]})["mask"]).as_subclass(torch.Tensor)[:1] > 0
+        else:
+            mask = torch.zeros(1, image_size, image_size, dtype=torch.bool)
+        masks.append(mask)
+    return torch.stack(masks)
 
 
 def load_batch(items: list[Mapping[str, Any]], transform: Compose) -> torch.Tensor:

@@ -84,7 +84,8 @@ def bundle_overrides(
 
 
 def summarize(record: dict[str, Any]) -> dict[str, Any]:
-    """Image metrics of one method's record: AUROC, AP, F1-max and sensitivity/specificity at its threshold."""
+    """Image metrics of one method's record (AUROC, AP, F1-max, sensitivity/specificity at its threshold), its
+    pixel AUROC and its costs."""
     s, y = np.asarray(record["scores"], dtype=np.float64), np.asarray(record["labels"])
     t = float(record["threshold"])
     row = {
@@ -95,9 +96,13 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         "sensitivity": float(np.mean(s[y == 1] > t)) if np.isfinite(t) else float("nan"),
         "specificity": float(np.mean(s[y == 0] <= t)) if np.isfinite(t) else float("nan"),
     }
-    for key in ("fit_seconds", "latency_ms", "peak_rss_mb", "cuda_peak_mb", "description"):
+    for key in ("pixel_auroc", "fit_seconds", "latency_ms", "peak_rss_mb", "cuda_peak_mb", "description"):
         row[key] = record.get(key)
     return row
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def _ratio(value: float | None, reference: float | None) -> str:
@@ -111,14 +116,15 @@ def format_results(rows: list[dict[str, Any]], title: str) -> str:
     mem_key = "cuda_peak_mb" if gpu else "peak_rss_mb"
     mem_name = "CUDA peak MB" if gpu else "peak RSS MB"
     head = (
-        "| method | AUROC | AP | F1-max | sens@thr | spec@thr | fit s | ms/image | "
+        "| method | AUROC | AP | F1-max | sens@thr | spec@thr | pixel AUROC | fit s | ms/image | "
         f"{mem_name} | fit vs bundle | latency vs bundle | memory vs bundle |"
     )
-    lines = [f"### {title}", "", head, "|---|" + "---|" * 11]
+    lines = [f"### {title}", "", head, "|---|" + "---|" * 12]
     for r in rows:
         lines.append(
             f"| {r['method']} | {100 * r['auroc']:.1f} | {100 * r['ap']:.1f} | {100 * r['f1_max']:.1f} | "
-            f"{100 * r['sensitivity']:.1f} | {100 * r['specificity']:.1f} | {r['fit_seconds']:.1f} | "
+            f"{100 * r['sensitivity']:.1f} | {100 * r['specificity']:.1f} | {_percent(r['pixel_auroc'])} | "
+            f"{r['fit_seconds']:.1f} | "
             f"{r['latency_ms']:.1f} | {r[mem_key]:.0f} | "
             f"{_ratio(r['fit_seconds'], ref and ref['fit_seconds'])} | "
             f"{_ratio(r['latency_ms'], ref and ref['latency_ms'])} | {_ratio(r[mem_key], ref and ref[mem_key])} |"
@@ -226,7 +232,7 @@ def _write_report(
         f"(ratios are side by side in this run). Bundle overrides: {json.dumps(spec['overrides'])}.\n"
     )
     atomic_write_text(text, out / "results.md")
-    keys = ["method", "auroc", "ap", "f1_max", "sensitivity", "specificity", "fit_seconds", "latency_ms"]
+    keys = ["method", "auroc", "ap", "f1_max", "sensitivity", "specificity", "pixel_auroc", "fit_seconds", "latency_ms"]
     keys += ["peak_rss_mb", "cuda_peak_mb"]
     csv = [",".join(keys)] + [",".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
     atomic_write_text("\n".join(csv) + "\n", out / "results.csv")

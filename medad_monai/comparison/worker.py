@@ -2,7 +2,8 @@
 one's peak memory is its own (``ru_maxrss`` of the process, CUDA peak allocation on a GPU).
 
 ``python -m medad_monai.comparison SPEC_JSON METHOD RESULT_JSON`` writes, atomically, the method's test
-scores, its calibrated threshold, and what it cost: fit seconds (training plus threshold calibration), per-image
+scores, its calibrated threshold, its pixel AUROC (maps against the lesion masks, when the test split has them),
+and what it cost: fit seconds (training plus threshold calibration), per-image
 inference latency (batch of one, after warm-up) and peak memory.
 """
 
@@ -14,7 +15,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medad_monai.benchmarking import time_calls
 from medad_monai.comparison.baselines import BASELINES, build_baseline, fit_patchcore, fit_reverse_distillation
-from medad_monai.comparison.data import ComparisonData, baseline_preprocessing, comparison_data, load_batch
+from medad_monai.comparison.data import (
+    ComparisonData,
+    baseline_preprocessing,
+    comparison_data,
+    load_batch,
+    load_masks,
+)
 from medad_monai.handlers.threshold import quantile_threshold
 from medad_monai.inference.bundle_model import load_bundle_model
 from medad_monai.io import atomic_write_json
+from medad_monai.metrics.ranking import roc_auc
 from medad_monai.provenance import seed_everything
 
 __all__ = ["BUNDLE", "run_method"]
@@ -37,7 +45,8 @@ __all__ = ["BUNDLE", "run_method"]
 logger = logging.getLogger("medad_monai")
 
 BUNDLE = "bundle"
-Scorer = Callable[[torch.Tensor], torch.Tensor]
+# preprocessed images (B, C, S, S) -> (anomaly maps (B, 1, S, S), image scores (B,)), both on the CPU
+Scorer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _parser(configs: Path, overrides: dict[str, Any]) -> ConfigParser:
@@ -47,8 +56,9 @@ def _parser(configs: Path, overrides: dict[str, Any]) -> ConfigParser:
     return parser
 
 
-def _score_all(score: Scorer, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    return np.concatenate([score(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)])
+def _score_all(score: Scorer, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    maps, scores = zip(*(score(images[i : i + batch_size]) for i in range(0, len(images), batch_size)))
+    return torch.cat(maps), torch.cat(scores).numpy()
 
 
 def _fit_bundle(spec: dict[str, Any], out: Path, device: torch.device) -> tuple[Scorer, float, str, Compose]:
@@ -72,8 +82,9 @@ def _fit_bundle(spec: dict[str, Any], out: Path, device: torch.device) -> tuple[
     wf.finalize()
     served = load_bundle_model(root, device, overrides=spec["overrides"])
 
-    def score(images: torch.Tensor) -> torch.Tensor:
-        return served.score(served.predict(images))
+    def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = served.predict(images)
+        return maps, served.score(maps)
 
     description = f"{served.name} {served.version} (model {served.model_version})"
     return score, served.threshold, description, served.preprocessing
@@ -96,12 +107,21 @@ def _fit_baseline(
         detail = f"memory bank {size}"
 
     @torch.no_grad()
-    def score(images: torch.Tensor) -> torch.Tensor:
-        return model(images.to(device))[1].float().cpu()
+    def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, scores = model(images.to(device))
+        return maps.float().cpu(), scores.float().cpu()
 
-    scores = _score_all(score, load_batch(data.calibration, transform), int(spec["batch_size"]))
+    scores = _score_all(score, load_batch(data.calibration, transform), int(spec["batch_size"]))[1]
     threshold = quantile_threshold(scores, data.quantile)
     return score, threshold, f"anomalib {name}, backbone {weights}, {detail}", transform
+
+
+def _pixel_auroc(maps: torch.Tensor, masks: torch.Tensor | None) -> float | None:
+    """AUROC of every test pixel's map value against the lesion masks (all images pooled, as RD and PatchCore report
+    it); ``None`` without masks or when the maps are not at the masks' size."""
+    if masks is None or int(masks.sum()) == 0 or maps.shape[-2:] != masks.shape[-2:]:
+        return None
+    return roc_auc(maps[:, :1].flatten().numpy(), masks.flatten().numpy().astype(np.int64))
 
 
 class _Images:
@@ -110,7 +130,7 @@ class _Images:
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self) -> Iterator[torch.Tensor]:
         return (batch[0] for batch in self.loader)
 
 
@@ -133,13 +153,15 @@ def run_method(spec: dict[str, Any], method: str, out: Path) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - start
 
     test = load_batch(data.test, transform)
-    scores = _score_all(score, test, int(spec["batch_size"]))
+    maps, scores = _score_all(score, test, int(spec["batch_size"]))
+    pixel_auroc = _pixel_auroc(maps, load_masks(data.test, data.image_size))
     one = test[:1]
     latency = time_calls(lambda: score(one), int(spec["timing_repeats"]), warmup=2, device=device)
     record = {
         "method": method,
         "description": description,
         "threshold": float(threshold),
+        "pixel_auroc": pixel_auroc,
         "scores": [float(s) for s in scores],
         "labels": [int(it["label"]) for it in data.test],
         "files": [str(it["image"]) for it in data.test],

@@ -44,7 +44,15 @@ from medad_monai.deploy.studies import NoStudyError, discover_studies
 from medad_monai.inference import MASK_SCOPES, VOLUME_REDUCTIONS, BundleLoadError, load_bundle_model, model_version
 from medad_monai.io import atomic_write_json
 
-__all__ = ["REPORT_NAME", "AnomalyDetectionApp", "DeployError", "DeployOptions", "main", "parse_options"]
+__all__ = [
+    "REPORT_NAME",
+    "AnomalyDetectionApp",
+    "DeployError",
+    "DeployOptions",
+    "PartialFailureError",
+    "main",
+    "parse_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,19 @@ ENV_PREFIX = "MEDAD_DEPLOY_"
 
 class DeployError(RuntimeError):
     """The run could not produce any result (no study scored); the message says why."""
+
+
+class PartialFailureError(DeployError):
+    """``strict`` run: some studies failed; the others' outputs and the report are written (exit status 2)."""
+
+
+def _flag(value: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
 
 
 @dataclass
@@ -70,6 +91,7 @@ class DeployOptions:
     batch_size: int = 16
     mask_scope: str = "anomalous_slices"
     workdir: Path | None = None
+    strict: bool = False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "--mask-scope",
         choices=MASK_SCOPES,
         help="anomalous_slices (default): mask and SEG only in slices scored anomalous; all: every pixel above",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_const",
+        const="1",
+        help="exit status 2 when any study failed (the others' outputs and the report are still written)",
     )
     return p
 
@@ -142,6 +170,7 @@ def parse_options(argv: list[str] | None = None, env: dict[str, str] | None = No
         batch_size=batch_size,
         mask_scope=mask_scope,
         workdir=Path(workdir) if workdir else None,
+        strict=pick("strict", _flag, False),
     )
 
 
@@ -201,6 +230,8 @@ class AnomalyDetectionApp(Application):
 
         Raises:
             DeployError: no study was scored (every one failed); the report is written first.
+            PartialFailureError: ``strict`` and at least one study failed; the report and every other study's
+                outputs are written first.
         """
         try:
             out = super().run(*args, **kwargs)
@@ -210,6 +241,12 @@ class AnomalyDetectionApp(Application):
         report = self.write_report()
         if not self.run_log.studies:
             raise DeployError(f"no study could be scored from '{self.deploy_options.input}'; see {report}")
+        failed = sorted({f["study"] for f in self.run_log.failures})
+        if failed and self.deploy_options.strict:
+            raise PartialFailureError(
+                f"{len(failed)} stud{'y' if len(failed) == 1 else 'ies'} failed ({', '.join(failed)}) while "
+                f"{len(self.run_log.studies)} scored; see {report}"
+            )
         return out
 
     def write_report(self) -> Path:
@@ -247,12 +284,17 @@ class AnomalyDetectionApp(Application):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry (``python apps/deploy``): 0 on success, 1 with a one-line error on stderr otherwise."""
+    """Command-line entry (``python apps/deploy``): 0 on success; 2 when ``--strict`` and some studies failed (the
+    others were written); 1 when nothing could be scored or the options/model are bad. Errors are one line on
+    stderr."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] (%(name)s) - %(message)s")
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # one INFO line per copied DICOM module
     try:
         options = parse_options(argv)
         AnomalyDetectionApp(options=options).run()
+    except PartialFailureError as e:
+        print(f"medad-deploy: error: {e}", file=sys.stderr)
+        return 2
     except (NoStudyError, DeployError, BundleLoadError, FileNotFoundError, ValueError) as e:
         print(f"medad-deploy: error: {e}", file=sys.stderr)
         return 1

@@ -238,8 +238,12 @@ def test_invalid_options_are_named(tmp_path):
         parse_options([], env={"MEDAD_DEPLOY_VOLUME_REDUCTION": "median"})
     with pytest.raises(ValueError, match="mask scope must be one of"):
         parse_options([], env={"MEDAD_DEPLOY_MASK_SCOPE": "some"})
+    with pytest.raises(ValueError, match="MEDAD_DEPLOY_STRICT='maybe'"):
+        parse_options([], env={"MEDAD_DEPLOY_STRICT": "maybe"})
     opts = parse_options(["--axis", "0", "-i", "x"], env={**env, "MEDAD_DEPLOY_TOP_K": "2"})
     assert (opts.axis, opts.top_k, opts.input, opts.model) == (0, 2, Path("x"), Path("models"))  # args win
+    assert not opts.strict
+    assert parse_options([], env={"MEDAD_DEPLOY_STRICT": "yes"}).strict and parse_options(["--strict"]).strict
 
 
 def _write_series(folder: Path) -> list[Path]:
@@ -379,7 +383,7 @@ def test_model_path_forms(ddad_bundle, tmp_path):
         resolve_model_path(tmp_path)
 
 
-def test_a_corrupt_study_is_reported_and_the_others_processed(ddad_bundle, tmp_path):
+def test_a_corrupt_study_is_reported_and_the_others_processed(ddad_bundle, tmp_path, capsys):
     inputs = tmp_path / "in"
     write_volume(inputs / "good.nii.gz")
     (inputs / "broken.nii.gz").write_bytes(b"not a nifti file")
@@ -390,6 +394,12 @@ def test_a_corrupt_study_is_reported_and_the_others_processed(ddad_bundle, tmp_p
     (failure,) = report["failures"]
     assert failure["study"] == "broken" and failure["stage"] == "inference" and "broken.nii.gz" in failure["error"]
     assert not list(out.glob("broken_*"))
+    # --strict: the same outputs and report, but exit status 2 and the failed study named on stderr
+    strict_out = tmp_path / "strict"
+    args = ["-i", str(inputs), "-o", str(strict_out), "-m", str(ddad_bundle), "--device", "cpu", "--strict"]
+    assert main(args) == 2
+    assert "1 study failed (broken) while 1 scored" in capsys.readouterr().err
+    assert sorted(p.name for p in strict_out.iterdir()) == sorted(p.name for p in out.iterdir())
     # nothing scored at all: exit status 1, the report still says why
     (inputs / "good.nii.gz").unlink()
     assert main(["-i", str(inputs), "-o", str(out), "-m", str(ddad_bundle), "--device", "cpu"]) == 1

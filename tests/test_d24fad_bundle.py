@@ -81,6 +81,7 @@ def test_evaluate_reports_auroc_and_ap_above_chance_on_the_unseen_target(trained
     # a short episodic training on four other domains ranks brain_mr anomalies above normals
     # (measured AUROC 0.94-0.97 at seed 0 after 3-50 steps; chance is 0.5)
     assert row["auroc"] > 0.75 and row["ap"] > 0.7, row
+    assert 0.5 < record["pixel_auroc"] <= 1.0, record["pixel_auroc"]  # localisation against the lesion masks
     for name in ("results.md", "image_scores.csv", "metrics.csv", "roc.png"):
         assert (trained / "eval" / name).stat().st_size > 0
 

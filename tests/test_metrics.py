@@ -61,3 +61,34 @@ def test_metrics_reject_bad_input():
         roc_auc([np.nan, 0.2], [0, 1])
     with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
         roc_auc([0.1, 0.2], [0, 2])
+
+
+def _run_pixel_auroc(items: list[tuple[np.ndarray, np.ndarray, int]]) -> float:
+    """Run PixelAUROC on an Ignite engine whose decollated output holds the maps and whose batch holds the masks
+    (where MONAI's postprocessing leaves input keys)."""
+    import torch
+    from ignite.engine import Engine
+
+    from medad_monai.handlers.pixel_metrics import PixelAUROC
+
+    def step(engine, item):
+        amap, mask, label = item
+        engine.state.batch = [{"mask": torch.as_tensor(mask)[None]}]
+        return [{"pred": torch.as_tensor(amap)[None], "label": torch.tensor(label)}]
+
+    engine = Engine(step)
+    PixelAUROC().attach(engine)
+    engine.run(items, max_epochs=1)
+    return engine.state.metrics["pixel_auroc"]
+
+
+def test_pixel_auroc_pools_every_pixel_against_the_masks():
+    normal = (np.array([[0.1, 0.2], [0.3, 0.0]]), np.zeros((2, 2)), 0)
+    lesion = (np.array([[0.9, 0.25], [0.05, 0.4]]), np.array([[1, 1], [0, 0]]), 1)
+    # lesion pixels 0.9 and 0.25 against the six others (0.1, 0.2, 0.3, 0.0, 0.05, 0.4):
+    # 0.9 beats all 6, 0.25 beats 4 -> 10 of 12 pairs
+    assert _run_pixel_auroc([normal, lesion]) == pytest.approx(10 / 12)
+    # an anomalous image without a lesion mask: no pixel ground truth, the metric is left out
+    assert np.isnan(_run_pixel_auroc([normal, (lesion[0], np.zeros((2, 2)), 1)]))
+    with pytest.raises(ValueError, match="map of size"):
+        _run_pixel_auroc([(np.zeros((2, 2)), np.zeros((3, 3)), 0)])

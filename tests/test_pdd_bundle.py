@@ -77,6 +77,9 @@ def test_brief_training_ranks_anomalies_above_normals(trained):
     # chance is 0.5 (AP: 0.5); random teachers, 4 iterations at 64 px
     assert row["auroc"] > 0.6, row
     assert row["ap"] > 0.55, row
+    # localisation: the map's pixels against the demo lesion masks (chance 0.5)
+    assert 0.5 < record["pixel_auroc"] <= 1.0, record["pixel_auroc"]
+    assert "Pixel AUROC" in (trained / "eval" / "results.md").read_text()
 
 
 def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_folder):

@@ -23,7 +23,8 @@ __all__ = ["EvaluationReport"]
 
 class EvaluationReport:
     """Writes ``metrics.json`` (metrics, seed, versions, data summary), ``results.md`` (a table with one row per
-    score, as the papers' result tables), ``roc.png`` and ``score_histograms.png`` into ``output_dir``.
+    score, as the papers' result tables), ``roc.png`` and ``score_histograms.png`` into ``output_dir``. The pixel
+    AUROC of :class:`~medad_monai.handlers.pixel_metrics.PixelAUROC` is added when that handler is attached first.
 
     AUROC and AP are read from ``engine.state.metrics`` (``<score>_auroc``, ``<score>_ap``, computed by MONAI's
     handlers, see :class:`~medad_monai.handlers.score_metrics.ScoreMetrics`); F1-max is computed exactly here.
@@ -88,9 +89,11 @@ class EvaluationReport:
                 row["f1_max"] = f1_max(s, y)[0]
             results[name] = row
         threshold = float(self.network.threshold) if self.network is not None else float("nan")
+        pixel = float(engine.state.metrics.get("pixel_auroc", float("nan")))  # from PixelAUROC, if attached
         record = {
             "title": self.title,
             "results": results,
+            **({"pixel_auroc": pixel} if np.isfinite(pixel) else {}),
             "threshold": threshold,
             "data": {"n_images": int(y.size), "n_normal": int((y == 0).sum()), "n_anomalous": int((y == 1).sum())},
             **self.extra,
@@ -102,6 +105,8 @@ class EvaluationReport:
         for name, row in results.items():
             f1 = f"{100 * row['f1_max']:.1f}" if "f1_max" in row else "n/a"
             lines.append(f"| {self.labels.get(name, name)} | {100 * row['auroc']:.1f} | {100 * row['ap']:.1f} | {f1} |")
+        if np.isfinite(pixel):
+            lines += ["", f"Pixel AUROC of the map against the lesion masks (all test pixels): {100 * pixel:.1f}."]
         lines += [
             "",
             f"{record['data']['n_normal']} normal and {record['data']['n_anomalous']} anomalous images; "

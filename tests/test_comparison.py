@@ -122,6 +122,8 @@ def test_unknown_method_or_bundle_folder_is_refused(tmp_path):
 
 def test_a_failing_method_is_named_and_nothing_half_written(tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.md").write_text("an earlier run's report")
     with pytest.raises(RuntimeError, match="patchcore failed"):
         compare_with_anomalib("pdd", out, methods=["patchcore"], teacher_weights=str(tmp_path / "missing.pth"))
     assert not (out / "results.md").exists() and not (out / "patchcore.json").exists()

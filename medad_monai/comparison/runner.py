@@ -39,6 +39,7 @@ logger = logging.getLogger("medad_monai")
 DEFAULT_METHODS: tuple[str, ...] = (BUNDLE, *BASELINES)
 BUNDLE_NAMES: tuple[str, ...] = ("ddad", "d24fad", "pdd")
 _TEACHER_KEYS: tuple[str, ...] = ("teacher_weights", "wrn_weights")
+REPORT_FILES: tuple[str, ...] = ("results.md", "results.csv", "results.json", "roc.png", "score_histograms.png")
 
 
 def _configs_dir(bundle: str | os.PathLike) -> Path:
@@ -193,6 +194,8 @@ def compare_with_anomalib(
         "timing_repeats": int(timing_repeats),
     }
     atomic_write_json(spec, out_dir / "spec.json")
+    for stale in REPORT_FILES:  # a report of an earlier run in the same folder must not pass for this one's
+        (out_dir / stale).unlink(missing_ok=True)
     records, failed = [], []
     for method in methods:
         result = out_dir / f"{method}.json"
@@ -216,8 +219,7 @@ def _write_report(
     out: Path, rows: list[dict[str, Any]], records: list[dict[str, Any]], spec: dict[str, Any], name: str
 ) -> None:
     data = records[0]["data"]
-    dataset = data["dataset"]
-    title = f"{name} vs anomalib on {dataset} ({data['setting']}, {data['image_size']} px)"
+    title = f"{name} vs anomalib on {data['dataset']} ({data['setting']}, {data['image_size']} px)"
     try:
         anomalib_version = metadata.version("anomalib")
     except metadata.PackageNotFoundError:

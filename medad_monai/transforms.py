@@ -8,30 +8,36 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, RandomizableTransform
+from PIL import Image
 from torch import nn
 
 from medad_monai.data.datalists import file_stem
 from medad_monai.io import atomic_path
 
 __all__ = [
+    "INTENSITY_POLICIES",
     "AnomalyScored",
     "ChannelPolicyd",
     "CheckMaskSized",
     "ImageReadError",
+    "IntensityPolicyd",
     "LoadAnomalyImaged",
     "RandPatchBlendAnomalyd",
     "SaveAnomalyMapd",
     "ThresholdDecisiond",
     "source_name",
+    "storage_range",
 ]
 
 # ITU-R BT.601 luma weights: how RGB (screenshots, JPEG exports of radiographs) becomes one channel.
@@ -117,6 +123,115 @@ class ChannelPolicyd(MapTransform):
             elif self.channels == 3 and c == 1:
                 img = img.repeat(3, *([1] * (img.ndim - 1)))
             d[key] = img
+        return d
+
+
+INTENSITY_POLICIES = ("auto", "minmax", "percentile", "fixed")
+_RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# PIL modes of integer rasters and the range their pixels are stored in
+_PIL_MODE_RANGE = {"1": (0.0, 1.0), "L": (0.0, 255.0), "LA": (0.0, 255.0), "P": (0.0, 255.0), "RGB": (0.0, 255.0)}
+_PIL_MODE_RANGE.update({"RGBA": (0.0, 255.0), "I;16": (0.0, 65535.0), "I;16B": (0.0, 65535.0), "I;16L": (0.0, 65535.0)})
+
+
+@lru_cache(maxsize=4096)
+def storage_range(path: str) -> tuple[float, float] | None:
+    """The fixed intensity range an image file defines, read from its header (no pixel data is decoded).
+
+    * 8- and 16-bit PNG/JPEG/BMP/TIFF: the range of their bit depth, ``(0, 255)`` or ``(0, 65535)``;
+    * DICOM with a VOI window (``WindowCenter``/``WindowWidth``, first value): ``center -/+ width / 2``, the window
+      a viewer shows (applied to the rescaled values MONAI's reader returns);
+    * anything else (NIfTI, float TIFF, DICOM without a window, a folder, an in-memory array): ``None``.
+    """
+    name = path.lower()
+    try:
+        if name.endswith(_RASTER_SUFFIXES):
+            with Image.open(path) as im:
+                return _PIL_MODE_RANGE.get(im.mode)
+        if name.endswith((".dcm", ".dicom")) or (os.path.isfile(path) and not os.path.splitext(name)[1]):
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+            if center is None or width is None:
+                return None
+            first = [v[0] if isinstance(v, pydicom.multival.MultiValue) else v for v in (center, width)]
+            c, w = float(first[0]), float(first[1])
+            return (c - w / 2, c + w / 2) if w > 0 else None
+    except Exception:  # an unreadable header: the loader has already named the file; fall back to per-image scaling
+        return None
+    return None
+
+
+class IntensityPolicyd(MapTransform):
+    """Scale intensities to ``[minv, maxv]`` by a policy that keeps what the stored values mean.
+
+    The official codes of DDAD and D²4FAD read 8-bit images and scale them by the fixed range ``[0, 255]``; scaling
+    each image by its own minimum and maximum instead lets a bright lesion (or an empty corner) rescale the whole
+    image. Policies:
+
+    * ``"auto"`` (default): the file's :func:`storage_range` (8/16-bit rasters by their bit depth, DICOM by its VOI
+      window) when it has one, else per-image min-max (NIfTI and other float data, whose range is not fixed);
+    * ``"minmax"``: per-image min-max;
+    * ``"percentile"``: per-image ``[lower, upper]`` percentile window, clipped (robust to a few outliers);
+    * ``"fixed"``: the given ``fixed_range`` (e.g. a CT window in HU), clipped.
+
+    Values outside a fixed range or window are clipped to ``[minv, maxv]``. A constant image maps to ``minv``.
+
+    Args:
+        keys: image keys.
+        minv, maxv: output range.
+        policy: one of :data:`INTENSITY_POLICIES`.
+        lower, upper: percentiles of ``"percentile"``.
+        fixed_range: ``(low, high)`` of ``"fixed"``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        minv: float = 0.0,
+        maxv: float = 1.0,
+        policy: str = "auto",
+        lower: float = 0.5,
+        upper: float = 99.5,
+        fixed_range: Sequence[float] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if policy not in INTENSITY_POLICIES:
+            raise ValueError(f"intensity policy must be one of {INTENSITY_POLICIES}, got {policy!r}")
+        if policy == "fixed" and (fixed_range is None or len(fixed_range) != 2 or fixed_range[1] <= fixed_range[0]):
+            raise ValueError(
+                f"intensity policy 'fixed' needs fixed_range=(low, high) with low < high, got {fixed_range}"
+            )
+        if not 0.0 <= lower < upper <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
+        self.minv, self.maxv, self.policy = float(minv), float(maxv), policy
+        self.lower, self.upper = float(lower), float(upper)
+        self.fixed_range = None if fixed_range is None else (float(fixed_range[0]), float(fixed_range[1]))
+
+    def window(self, img: torch.Tensor) -> tuple[float, float, bool]:
+        """``(low, high, clip)``: the input range mapped to ``[minv, maxv]`` for this image."""
+        if self.policy == "fixed":
+            assert self.fixed_range is not None
+            return (*self.fixed_range, True)
+        if self.policy == "auto":
+            stored = storage_range(source_name(img)) if isinstance(img, MetaTensor) else None
+            if stored is not None:
+                return (*stored, True)
+        flat = torch.as_tensor(img).detach().float().flatten()
+        if self.policy == "percentile":
+            q = torch.quantile(flat, torch.tensor([self.lower / 100, self.upper / 100]))
+            return float(q[0]), float(q[1]), True
+        return float(flat.min()), float(flat.max()), False
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            low, high, clip = self.window(img)
+            if high <= low:  # a constant image (or window): nothing to stretch
+                d[key] = torch.as_tensor(img) * 0 + self.minv
+                continue
+            out = (img - low) * ((self.maxv - self.minv) / (high - low)) + self.minv
+            d[key] = out.clamp(self.minv, self.maxv) if clip else out
         return d
 
 

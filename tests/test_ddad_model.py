@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medad_monai.networks.autoencoders import AE, AEEnsemble, MemAE, MemoryUnit, build_backbone
-from medad_monai.networks.ddad import DDAD, ASRNet
+from medad_monai.networks.ddad import DDAD, ASRNet, MonotoneASRNet
 
 
 class _Fixed(nn.Module):
@@ -153,3 +154,65 @@ def test_output_map_option_serves_an_unrefined_score():
     assert torch.allclose(model(x), torch.full((1, 1, 16, 16), 0.2))  # A_inter
     with pytest.raises(ValueError, match="output_map must be one of"):
         DDAD(output_map="best")
+
+
+def test_monotone_asr_net_never_lowers_the_probability_when_a_discrepancy_rises():
+    torch.manual_seed(0)
+    net = MonotoneASRNet(2, mid_channels=16)
+    for mode in (True, False):  # batch statistics and running statistics
+        net.train(mode)
+        base = torch.rand(4, 2, 24, 24)
+        bump = torch.zeros_like(base)
+        bump[:, 0, 8:16, 8:16] = torch.rand(4, 8, 8) * 5
+        with torch.no_grad():
+            if mode:  # same batch statistics for both calls: compare inside one batch
+                logits = net(torch.cat([base, base + bump]))
+                p0, p1 = torch.softmax(logits, 1)[:, 1].chunk(2)
+            else:
+                p0, p1 = (torch.softmax(net(x), 1)[:, 1] for x in (base, base + bump))
+        assert (p1 >= p0 - 1e-6).all()
+        assert (p1 > p0 + 1e-4).any()
+    weights = [F.softplus(m.raw_weight) for m in net.modules() if hasattr(m, "raw_weight")]
+    assert len(weights) == 3 and all((w > 0).all() for w in weights)
+
+
+def test_saturating_refinement_input_is_fitted_on_normals_and_bounded():
+    model = DDAD(backbone="ae", num_members=2, image_size=16, refine_input="saturate").eval()
+    maps = {"inter": torch.arange(100.0).view(1, 1, 10, 10), "intra": torch.full((1, 1, 10, 10), 2.0)}
+    model.fit_refinement_input(maps, quantile=0.5)
+    assert model.input_scale.tolist() == pytest.approx([49.5, 2.0])
+    inputs = model.refinement_inputs({"inter": torch.full((1, 1, 4, 4), 49.5), "intra": torch.full((1, 1, 4, 4), 1e6)})
+    assert torch.allclose(inputs["dual"][:, 0], torch.full((1, 4, 4), 0.5))  # x / (x + q) at x = q
+    assert ((inputs["dual"] >= 0) & (inputs["dual"] < 1)).all()
+    with pytest.raises(ValueError, match="refine_input must be one of"):
+        DDAD(refine_input="log")
+    with pytest.raises(ValueError, match="refinement must be one of"):
+        DDAD(refinement="crf")
+
+
+def test_served_map_is_a_buffer_that_travels_with_the_state_dict_and_torchscript():
+    model = DDAD(backbone="ae", num_members=2, image_size=16, output_map="auto").eval()
+    model.ndm = _Fixed(_members([0.0], [1.0]))
+    model.udm = _Fixed(_members([0.2], [0.4]))
+    model.has_udm.fill_(True)
+    assert model.served_map_name() == "refined"
+    model.set_served_map("inter")
+    x = torch.ones(1, 1, 16, 16)
+    assert torch.allclose(model(x), torch.full((1, 1, 16, 16), 0.2))  # A_inter
+    fresh = DDAD(backbone="ae", num_members=2, image_size=16)
+    fresh.load_state_dict(
+        DDAD(backbone="ae", num_members=2, image_size=16, output_map="auto").state_dict()
+        | {"served_map": model.served_map.clone()}
+    )
+    assert fresh.served_map_name() == "inter"
+    with pytest.raises(ValueError, match="served map must be one of"):
+        model.set_served_map("auto")
+
+
+def test_torchscript_matches_eager_for_every_option():
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    for kwargs in ({"refinement": "monotone", "refine_input": "saturate"}, {"output_map": "rec"}):
+        model = DDAD(num_members=2, **kwargs).eval()
+        model.has_udm.fill_(True)
+        scripted = torch.jit.script(model)
+        assert torch.allclose(scripted(x), model(x), atol=1e-6), kwargs

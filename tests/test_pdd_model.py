@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from medad_monai.losses.diversity import DiversityLoss, diversity_loss, hinge_deep, hinge_shallow
-from medad_monai.losses.feature_regression import mse_cosine_loss, squared_error_loss
+from medad_monai.losses.feature_regression import level_cosine, level_mse
 from medad_monai.networks import pdd as pdd_module
-from medad_monai.networks.pdd import MMU, MPA, PDD, InA, ManifoldUnification, StudentBottleneck, resolve_vmamba_weights
+from medad_monai.networks.pdd import PDD, ChannelAdapter, ManifoldPriorAffine, resolve_vmamba_weights
 
 SIZE = 64
 
@@ -90,59 +90,48 @@ def test_diversity_gradient_pushes_shallow_apart():
 
 
 def test_feature_regression_hand_values():
-    s = [torch.ones(1, 2, 1, 1), torch.zeros(1, 1, 2, 1)]
-    t = [torch.tensor([[[[3.0]], [[1.0]]]]), torch.tensor([[[[1.0], [2.0]]]])]
-    # level 0: errors (2, 0) -> mse 2; level 1: errors (1, 2) -> mse 2.5
-    assert float(squared_error_loss(s, t)) == pytest.approx(4.5)
-    # cosines: level 0 = (3 + 1) / (sqrt2 * sqrt10); level 1 student is zero -> cos 0 (eps floor)
-    cos0 = 4.0 / (math.sqrt(2.0) * math.sqrt(10.0))
-    expected = 0.5 * 4.5 + 2.0 * ((1 - cos0) + 1.0)
-    assert float(mse_cosine_loss(s, t, alpha=0.5, beta=2.0)) == pytest.approx(expected, rel=1e-6)
+    a = [torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0]], [[2.0]]]])]  # shapes (1,1,1,2) and (1,2,1,1)
+    b = [torch.tensor([[[[0.0, 0.0]]]]), torch.tensor([[[[1.0]], [[2.0]]]])]
+    # level 0: mean((1,0)^2) = 0.5; level 1: mean((-1,0)^2) = 0.5
+    assert float(level_mse(a, b)) == pytest.approx(1.0)
+    # level 0: cos((1,0),(0,0)) = 0 (zero vector, eps); level 1: cos((0,2),(1,2)) = 4 / (2 sqrt 5)
+    assert float(level_cosine(a, b)) == pytest.approx(2 / math.sqrt(5), rel=1e-6)
     with pytest.raises(ValueError, match="shape mismatch"):
-        squared_error_loss([torch.ones(1, 2, 1, 1)], [torch.ones(1, 3, 1, 1)])
+        level_mse([torch.ones(1, 2, 1, 1)], [torch.ones(1, 3, 1, 1)])
 
 
 # ---------------------------------------------------------------------------------------------------- modules
-def test_ina_and_mmu_shapes_and_formulas():
-    f_m, f_r = torch.randn(2, 96, 8, 8), torch.randn(2, 256, 8, 8)
-    ina = InA(96, 256).eval()
-    assert ina(f_m, f_r).shape == (2, 256, 8, 8)
-    torch.testing.assert_close(ina(f_m, f_r), ina.bn(ina.proj(f_m)) + f_r)
-    # U(., S): a Mamba feature of another size is resampled to the ResNet feature's size
-    assert ina(torch.randn(2, 96, 4, 4), f_r).shape == (2, 256, 8, 8)
-    mmu = MMU(96, 256).eval()
-    c1 = mmu.c1(f_m)
-    torch.testing.assert_close(mmu(f_m, f_r), c1 + mmu.conv(torch.nn.functional.gelu(mmu.bn(c1))) + f_r)
-    unify = ManifoldUnification(levels=(1,))
-    f_ms = [torch.randn(1, c, s, s) for c, s in ((96, 16), (192, 8), (384, 4))]
-    f_rs = [torch.randn(1, c, s, s) for c, s in ((256, 16), (512, 8), (1024, 4))]
-    out = unify(f_ms, f_rs)
-    assert out[0] is f_rs[0] and out[2] is f_rs[2] and out[1].shape == (1, 512, 8, 8)
-    with pytest.raises(ValueError):
-        ManifoldUnification(levels=(3,))
+def test_channel_adapter_matches_the_official_layout():
+    adapter = ChannelAdapter(192, 256, reduction=4).eval()
+    convs = [m for m in adapter.body if isinstance(m, torch.nn.Conv2d)]
+    # mid = max(192 // 4, 256 // 4) = 64; the 3x3 conv is dilated by 2 (padding 2), no biases
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.dilation) for c in convs] == [
+        (192, 64, (1, 1), (1, 1)),
+        (64, 64, (3, 3), (2, 2)),
+        (64, 256, (1, 1), (1, 1)),
+    ]
+    x = torch.randn(2, 192, 8, 8)
+    torch.testing.assert_close(adapter(x), torch.nn.functional.gelu(adapter.body(x) + adapter.residual(x)))
+    assert isinstance(ChannelAdapter(768, 768).residual, torch.nn.Identity)
 
 
-def test_mpa_priors_and_bottleneck_shapes():
-    f_t = [torch.randn(2, c, s, s) for c, s in ((256, 16), (512, 8), (1024, 4))]
-    priors = MPA(stages=(1, 2))(f_t)
-    assert priors[0] is None and priors[1].shape == (2, 1024, 4, 4) and priors[2].shape == (2, 512, 8, 8)
-    # zero-initialised: Student 2 starts as a plain RD decoder
-    assert all(float(p.detach().abs().max()) == 0.0 for p in priors[1:])
-    assert MPA(stages=(2,), zero_init=False)(f_t)[1] is None
-    with pytest.raises(ValueError):
-        MPA(stages=(0,))
-    for mode in ("deepest", "all"):
-        assert StudentBottleneck(mode)(f_t).shape == (2, 2048, 2, 2)
+def test_mpa_priors_are_resized_to_the_decoder_stage_inputs():
+    mpa = ManifoldPriorAffine(2048, (1024, 512)).eval()
+    priors = mpa(torch.randn(2, 2048, 2, 2), [[4, 4], [8, 8]])
+    assert [tuple(p.shape) for p in priors] == [(2, 1024, 4, 4), (2, 512, 8, 8)]
 
 
 def test_model_features_forward_and_threshold(model):
     x = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        f_b, s1, s2 = model.features(x)
+        targets, s_prior, s_plain = model.features(x)
         amap = model(x)
     shapes = [(2, 256, 16, 16), (2, 512, 8, 8), (2, 1024, 4, 4)]
-    assert [tuple(f.shape) for f in f_b] == shapes
-    assert [tuple(f.shape) for f in s1] == shapes and [tuple(f.shape) for f in s2] == shapes
+    assert [tuple(f.shape) for f in targets] == shapes
+    assert [tuple(f.shape) for f in s_prior] == shapes and [tuple(f.shape) for f in s_plain] == shapes
+    # one shared decoder on one input: the deepest level (no prior yet) is identical for both students
+    torch.testing.assert_close(s_prior[2], s_plain[2])
+    assert not torch.allclose(s_prior[0], s_plain[0])
     assert amap.shape == (2, 1, SIZE, SIZE) and amap.dtype == torch.float32 and torch.isfinite(amap).all()
     assert float(amap.min()) >= 0.0 and float(amap.max()) <= 12.0  # 2 students x 3 levels x (1 - cos) <= 2
     assert math.isnan(float(model.threshold)) and "threshold" in model.state_dict()
@@ -150,37 +139,71 @@ def test_model_features_forward_and_threshold(model):
         PDD(image_size=100, wrn_weights="random", vmamba_weights="random")
 
 
+def test_inference_map_is_the_official_sum_of_cosine_distances(model):
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        targets, s_prior, s_plain = model.features(x)
+        expected = torch.zeros(1, 1, SIZE, SIZE)
+        for student in (s_prior, s_plain):
+            for s, t in zip(student, targets):
+                d = 1 - torch.nn.functional.cosine_similarity(s, t, dim=1)[:, None]
+                expected += torch.nn.functional.interpolate(d, size=SIZE, mode="bilinear", align_corners=True)
+        torch.testing.assert_close(model(x), model.blur(expected), atol=1e-5, rtol=1e-5)
+
+
 def test_teachers_frozen_and_stay_in_eval(model):
     model.train()
     try:
-        assert not model.wrn.training and not model.vmamba.training and model.student1.training
+        assert not model.wrn.training and not model.vmamba.training and model.student.training
         assert not any(p.requires_grad for p in model.wrn.parameters())
         assert not any(p.requires_grad for p in model.vmamba.parameters())
         trainable = {id(p) for p in model.trainable_parameters()}
-        assert trainable and all(id(p) in trainable for p in model.student2.parameters())
-        assert all(id(p) in trainable for p in model.ina.parameters())
+        assert trainable and all(id(p) in trainable for p in model.target_adapters.parameters())
+        assert model.student_plain is model.student  # the official code shares the decoder
     finally:
         model.eval()
 
 
 def test_training_step_terms_and_gradients():
     torch.manual_seed(0)
+    net = PDD(image_size=SIZE, wrn_weights="random", vmamba_weights="random", decoder_blocks=(1, 1, 1))
+    net.train()
+    x = torch.rand(2, 3, SIZE, SIZE)
+    out = net.training_step(x)
+    assert set(out) == {"loss", "prior", "plain", "div"}
+    targets, s_prior, s_plain = net.features(x)
+    prior = 0.02 * level_mse(s_prior, targets) + 0.05 * level_cosine(s_prior, targets)  # official signs
+    assert float(out["prior"]) == pytest.approx(float(prior), rel=1e-4)
+    assert float(out["plain"]) == pytest.approx(float(0.02 * level_mse(targets, s_plain)), rel=1e-4)
+    expected = out["prior"] + out["plain"] + 0.5 * out["div"]
+    assert out["loss"].item() == pytest.approx(float(expected.detach()), rel=1e-5)
+    out["loss"].backward()
+    assert net.mpa.branches[0].weight.grad is not None and net.target_adapters[0].body[0].weight.grad is not None
+    assert all(p.grad is None for p in net.wrn.parameters()) and all(p.grad is None for p in net.vmamba.parameters())
+
+
+def test_options_detached_targets_separate_students_and_paper_cosine():
+    torch.manual_seed(0)
     net = PDD(
         image_size=SIZE,
         wrn_weights="random",
         vmamba_weights="random",
         decoder_blocks=(1, 1, 1),
-        diversity_weight=0.5,
-        kr_weight=2.0,
-    )
-    net.train()
-    out = net.training_step(torch.rand(2, 3, SIZE, SIZE))
-    assert set(out) == {"loss", "kr", "prp", "div"}
-    expected = 2.0 * out["kr"] + out["prp"] + 0.5 * out["div"]
-    assert out["loss"].item() == pytest.approx(float(expected.detach()), rel=1e-5)
+        detach_targets=True,
+        shared_decoder=False,
+        prior_cosine="distance",
+    ).train()
+    assert not net.target_adapters.training and net.student_plain is not net.student
+    x = torch.rand(2, 3, SIZE, SIZE)
+    out = net.training_step(x)
     out["loss"].backward()
-    assert net.mpa.affines[0].weight.grad is not None and net.ina[0].proj.weight.grad is not None
-    assert all(p.grad is None for p in net.wrn.parameters()) and all(p.grad is None for p in net.vmamba.parameters())
+    assert all(p.grad is None for p in net.target_adapters.parameters())  # fixed targets
+    assert net.unify_adapter.body[0].weight.grad is not None  # the student input still learns
+    targets, s_prior, _ = net.features(x)
+    prior = 0.02 * level_mse(s_prior, targets) + 0.05 * (3 - level_cosine(s_prior, targets))
+    assert float(out["prior"]) == pytest.approx(float(prior), rel=1e-4)
+    with pytest.raises(ValueError, match="prior_cosine"):
+        PDD(image_size=SIZE, wrn_weights="random", vmamba_weights="random", prior_cosine="angle")
 
 
 def test_torchscript_equals_eager(model):

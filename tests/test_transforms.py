@@ -11,9 +11,11 @@ from medad_monai.transforms import (
     ChannelPolicyd,
     CheckMaskSized,
     ImageReadError,
+    IntensityPolicyd,
     LoadAnomalyImaged,
     RandPatchBlendAnomalyd,
     ThresholdDecisiond,
+    storage_range,
 )
 
 
@@ -144,3 +146,43 @@ def test_synthetic_patch_from_a_random_source_location():
     assert torch.allclose(window, source[0, sy : sy + y1 - y0, sx : sx + x1 - x0], atol=1e-2)
     with pytest.raises(ValueError, match="source_location"):
         RandPatchBlendAnomalyd(source_location="elsewhere")
+
+
+def test_intensity_policy_auto_uses_the_stored_range_of_8_and_16_bit_files(tmp_path):
+    Image.fromarray(np.array([[51, 102], [0, 204]], np.uint8)).save(tmp_path / "eight.png")
+    Image.fromarray(np.array([[0, 13107], [65535, 6553]], np.uint16)).save(tmp_path / "sixteen.png")
+    load = LoadAnomalyImaged("image")
+    scale = IntensityPolicyd("image", minv=0.0, maxv=1.0)
+    eight = scale(load({"image": str(tmp_path / "eight.png")}))["image"]
+    # fixed [0, 255]: a bright pixel does not rescale the others (per-image min-max would map 204 to 1)
+    assert torch.allclose(eight.flatten().sort().values, torch.tensor([0.0, 0.2, 0.4, 0.8]), atol=1e-6)
+    sixteen = scale(load({"image": str(tmp_path / "sixteen.png")}))["image"]
+    assert torch.allclose(sixteen.flatten().sort().values, torch.tensor([0.0, 0.1, 0.2, 1.0]), atol=1e-4)
+    signed = IntensityPolicyd("image", minv=-1.0, maxv=1.0)(load({"image": str(tmp_path / "eight.png")}))["image"]
+    assert float(signed.max()) == pytest.approx(0.6) and float(signed.min()) == pytest.approx(-1.0)
+    minmax = IntensityPolicyd("image", policy="minmax")(load({"image": str(tmp_path / "eight.png")}))["image"]
+    assert float(minmax.max()) == pytest.approx(1.0)
+
+
+def test_intensity_policy_dicom_window_float_minmax_and_percentile(tmp_path):
+    import nibabel as nib
+    from pydicom.data import get_testdata_file
+
+    assert storage_range(get_testdata_file("MR_small.dcm")) == (-200.0, 1400.0)  # window 600 / 1600
+    assert storage_range(get_testdata_file("CT_small.dcm")) is None  # no window: per-image scaling
+    mr = IntensityPolicyd("image")(LoadAnomalyImaged("image")({"image": get_testdata_file("MR_small.dcm")}))["image"]
+    assert float(mr.max()) == 1.0 and float(mr.min()) > 0.0  # values above 1400 saturate, min 127 stays above 0
+    path = tmp_path / "float.nii.gz"
+    nib.save(nib.Nifti1Image(np.linspace(-3, 5, 100, dtype=np.float32).reshape(10, 10), np.eye(4)), str(path))
+    item = LoadAnomalyImaged("image")({"image": str(path)})
+    auto = IntensityPolicyd("image")(item)["image"]
+    assert float(auto.min()) == 0.0 and float(auto.max()) == pytest.approx(1.0)
+    pct = IntensityPolicyd("image", policy="percentile", lower=10, upper=90)(item)["image"]
+    assert float((pct == 0).float().mean()) == pytest.approx(0.1, abs=0.02)
+    fixed = IntensityPolicyd("image", policy="fixed", fixed_range=(0, 2))(item)["image"]
+    assert float(fixed.min()) == 0.0 and float(fixed.max()) == 1.0
+    assert torch.equal(IntensityPolicyd("image")({"image": torch.ones(1, 4, 4)})["image"], torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="needs fixed_range"):
+        IntensityPolicyd("image", policy="fixed")
+    with pytest.raises(ValueError, match="intensity policy must be one of"):
+        IntensityPolicyd("image", policy="zscore")

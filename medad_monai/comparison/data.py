@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityd
+from monai.transforms import Compose, EnsureTyped, Resized
 
 from medad_monai.handlers.support import calibration_holdout, select_support, support_datalist
-from medad_monai.transforms import ChannelPolicyd, LoadAnomalyImaged
+from medad_monai.transforms import ChannelPolicyd, IntensityPolicyd, LoadAnomalyImaged
 
 __all__ = ["ComparisonData", "baseline_preprocessing", "comparison_data", "load_batch", "load_masks"]
 
@@ -34,6 +34,8 @@ class ComparisonData:
         calibration: normals whose score quantile becomes a baseline's threshold.
         test: labelled test items (``label`` 0 normal / 1 anomalous).
         image_size: the bundle's ``image_size``; quantile: its ``threshold_quantile``.
+        intensity_policy: the bundle's ``intensity_policy`` (:class:`~medad_monai.transforms.IntensityPolicyd`), so
+            that the baselines see the intensities the bundle sees.
     """
 
     setting: str
@@ -43,6 +45,7 @@ class ComparisonData:
     test: list[dict[str, Any]]
     image_size: int
     quantile: float
+    intensity_policy: str = "auto"
 
     def summary(self) -> dict[str, Any]:
         labels = [int(it["label"]) for it in self.test]
@@ -55,6 +58,7 @@ class ComparisonData:
             "test_anomalous": sum(labels),
             "image_size": self.image_size,
             "threshold_quantile": self.quantile,
+            "intensity_policy": self.intensity_policy,
         }
 
 
@@ -67,24 +71,25 @@ def comparison_data(parser: ConfigParser) -> ComparisonData:
     if not test:
         raise ValueError(f"the comparison needs labelled test images; '{dataset}' has none")
     size, quantile = int(parser["image_size"]), float(parser.get("threshold_quantile", 0.95))
+    policy = str(parser.get("intensity_policy", "minmax"))
     if "support_loader" in parser:
         seed, k = int(parser["seed"]), int(parser["num_support"])
         source = str(parser.get_parsed_content("support_dir"))
         support, rest = select_support(support_datalist(source), k, seed, source)
         calibration = calibration_holdout(rest, int(parser.get("num_calibration", 16)), seed, source)
-        return ComparisonData("few-shot", dataset, support, calibration, test, size, quantile)
-    return ComparisonData("one-class", dataset, list(datalist.train), list(datalist.val), test, size, quantile)
+        return ComparisonData("few-shot", dataset, support, calibration, test, size, quantile, policy)
+    return ComparisonData("one-class", dataset, list(datalist.train), list(datalist.val), test, size, quantile, policy)
 
 
-def baseline_preprocessing(image_size: int) -> Compose:
-    """The anomalib baselines' input: 3 channels, ``image_size`` square, intensities in ``[0, 1]`` (the same steps
-    as the PDD and D²4FAD bundles' ``preprocessing``)."""
+def baseline_preprocessing(image_size: int, intensity_policy: str = "auto") -> Compose:
+    """The anomalib baselines' input: 3 channels, ``image_size`` square, intensities in ``[0, 1]`` by the bundle's
+    ``intensity_policy`` (the same steps as the PDD and D²4FAD bundles' ``preprocessing``)."""
     return Compose(
         [
             LoadAnomalyImaged(keys="image"),
             ChannelPolicyd(keys="image", channels=3),
             Resized(keys="image", spatial_size=(image_size, image_size), mode="bilinear", anti_aliasing=True),
-            ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
+            IntensityPolicyd(keys="image", minv=0.0, maxv=1.0, policy=intensity_policy),
             EnsureTyped(keys="image", dtype=torch.float32),
         ]
     )

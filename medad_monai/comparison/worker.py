@@ -93,7 +93,7 @@ def _fit_bundle(spec: dict[str, Any], out: Path, device: torch.device) -> tuple[
 def _fit_baseline(
     name: str, spec: dict[str, Any], data: ComparisonData, device: torch.device
 ) -> tuple[Scorer, float, str, Compose]:
-    transform = baseline_preprocessing(data.image_size)
+    transform = baseline_preprocessing(data.image_size, data.intensity_policy)
     model, weights = build_baseline(name, data.image_size, spec["teacher_weights"])
     train = load_batch(data.train, transform)
     generator = torch.Generator().manual_seed(int(spec["seed"]))

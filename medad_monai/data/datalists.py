@@ -34,6 +34,7 @@ __all__ = [
     "image_files",
     "input_datalist",
     "load_json_datalist",
+    "split_pool",
     "split_validation",
 ]
 
@@ -176,6 +177,25 @@ def split_validation(
     return [it for i, it in enumerate(items) if i not in val_idx], [it for i, it in enumerate(items) if i in val_idx]
 
 
+def split_pool(
+    items: list[dict[str, Any]], fraction: float, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Hold out ``fraction`` of an unlabeled pool (deterministically): ``(pool to train on, held-out pool)``.
+
+    The held-out images are unseen by every model, so scores on them can be compared with scores on held-out
+    normals without favouring a model that saw them (see :mod:`medad_monai.metrics.score_selection`).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"pool hold-out fraction must be in [0, 1), got {fraction}")
+    n_out = int(round(len(items) * fraction))
+    if fraction == 0.0 or n_out == 0:
+        return list(items), []
+    order = list(range(len(items)))
+    random.Random(seed + 1).shuffle(order)
+    out_idx = set(order[:n_out])
+    return [it for i, it in enumerate(items) if i not in out_idx], [it for i, it in enumerate(items) if i in out_idx]
+
+
 class AnomalyDatalist:
     """The splits a bundle needs, from a folder layout or a JSON datalist.
 
@@ -184,6 +204,8 @@ class AnomalyDatalist:
         datalist: optional JSON datalist; when given it replaces the folder layout.
         val_fraction: fraction of the known normals held out as validation normals (threshold calibration).
         seed: seed of the validation split.
+        pool_holdout: fraction of the unlabeled pool held out from training (:func:`split_pool`), for label-free
+            choices that compare held-out pool images with validation normals.
     """
 
     def __init__(
@@ -192,11 +214,13 @@ class AnomalyDatalist:
         datalist: str | os.PathLike | None = None,
         val_fraction: float = 0.15,
         seed: int = 0,
+        pool_holdout: float = 0.0,
     ) -> None:
         self.dataset_dir = dataset_dir
         self.datalist = datalist
         self.val_fraction = val_fraction
         self.seed = seed
+        self.pool_holdout = pool_holdout
         self._train: list[dict[str, Any]] | None = None
         self._val: list[dict[str, Any]] | None = None
 
@@ -224,12 +248,20 @@ class AnomalyDatalist:
         self._split()
         return list(self._val or [])
 
-    @property
-    def unlabeled(self) -> list[dict[str, Any]]:
-        """The unlabeled pool (empty when there is none)."""
+    def _pool(self) -> list[dict[str, Any]]:
         if self.datalist:
             return load_json_datalist(self.datalist, "unlabeled", required=False)
         return folder_datalist(self.dataset_dir, "unlabeled")
+
+    @property
+    def unlabeled(self) -> list[dict[str, Any]]:
+        """The unlabeled pool to train on (empty when there is none; without the ``pool_holdout`` part)."""
+        return split_pool(self._pool(), self.pool_holdout, self.seed)[0]
+
+    @property
+    def unlabeled_holdout(self) -> list[dict[str, Any]]:
+        """The held-out part of the unlabeled pool (empty unless ``pool_holdout`` > 0)."""
+        return split_pool(self._pool(), self.pool_holdout, self.seed)[1]
 
     @property
     def test(self) -> list[dict[str, Any]]:

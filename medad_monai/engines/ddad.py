@@ -1,29 +1,51 @@
-"""DDAD-ASR training: three MONAI trainers in sequence, then threshold calibration (MedIA 2023 §3.2-3.4).
+"""DDAD-ASR training: three MONAI trainers in sequence, label-free checks, then threshold calibration
+(MedIA 2023 §3.2-3.4; the checks and the served-map choice are ours).
 
 1. NDM: K autoencoders on known normals;
 2. UDM: K autoencoders on normals plus the unlabeled pool (skipped, with a log line, when there is no pool:
    the model then serves R_intra);
-3. ASR-Net on synthetic patch anomalies of the normals, ensembles frozen;
-4. calibration: the validation-normal evaluator sets the model's decision threshold.
+3. (``refine_input="saturate"``) the saturating ASR input is fitted on the validation normals' maps;
+4. ASR-Net on synthetic patch anomalies of the normals, ensembles frozen;
+5. label-free checks of the refinement (:mod:`medad_monai.metrics.refinement_checks`): do the synthetic
+   anomalies leave a trace in the discrepancy maps, and does the refined probability rise with the discrepancy?
+   A failed check is a WARNING in the log;
+6. (``output_map="auto"``) the served map is chosen by how well each image score separates held-out pool images
+   from validation normals (:mod:`medad_monai.metrics.score_selection`);
+7. calibration: the validation-normal evaluator sets the model's decision threshold.
 
-The model is saved atomically after every stage, so an interrupted run keeps the finished stages.
+The model is saved atomically after every stage, so an interrupted run keeps the finished stages. The checks, the
+choice and its criteria go to ``training_report.json`` beside the model (the evaluation copies it into
+``metrics.json``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
+from typing import Any
 
+import numpy as np
+import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from medad_monai.engines.distributed import is_rank_zero
-from medad_monai.io import atomic_torch_save
-from medad_monai.networks.ddad import DDAD
+from medad_monai.io import atomic_torch_save, atomic_write_json
+from medad_monai.metrics.refinement_checks import is_non_decreasing, pixel_separation, probe_response
+from medad_monai.metrics.score_selection import pool_separation, select_score
+from medad_monai.networks.ddad import DDAD, OUTPUT_MAPS
 
-__all__ = ["DDADTraining"]
+__all__ = ["DDADTraining", "refinement_checks", "select_served_map"]
 
 logger = logging.getLogger("medad_monai")
+
+# Below this pixel AUROC (chance: 0.5) the synthetic anomalies leave no usable trace in a map.
+SEPARATION_WARNING = 0.55
+PROBE_LEVELS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+# The served maps "auto" chooses from, in the order that breaks ties (the paper's refined map first).
+AUTO_ORDER: tuple[str, ...] = OUTPUT_MAPS
 
 
 def _check_loader(trainer: SupervisedTrainer, name: str) -> None:
@@ -36,6 +58,118 @@ def _check_loader(trainer: SupervisedTrainer, name: str) -> None:
         )
 
 
+def _batches(dataset: Dataset, keys: Sequence[str], batch_size: int, device: torch.device) -> Iterator[list[Tensor]]:
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        yield [torch.as_tensor(batch[k]).as_subclass(Tensor).to(device) for k in keys]
+
+
+@torch.no_grad()
+def _collect_maps(network: DDAD, dataset: Dataset, batch_size: int, with_mask: bool = False) -> dict[str, Tensor]:
+    """Every map of :meth:`DDAD.all_maps` over ``dataset`` (and its ``mask`` under ``"mask"``), on the CPU."""
+    device = next(network.parameters()).device
+    out: dict[str, list[Tensor]] = {}
+    for tensors in _batches(dataset, ["image", "mask"] if with_mask else ["image"], batch_size, device):
+        maps = network.all_maps(tensors[0])
+        if with_mask:
+            maps["mask"] = tensors[1]
+        for name, m in maps.items():
+            out.setdefault(name, []).append(m.cpu())
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def _head_probability(network: DDAD, head: str) -> Callable[[Tensor], Tensor]:
+    """``raw discrepancy channels -> P(anomaly)`` of one ASR head: ``r_dual`` reads (inter, intra), ``r_intra``
+    reads (intra); the ``refine_input`` transform is applied as in :meth:`DDAD.refined_maps`."""
+
+    def probability(raw: Tensor) -> Tensor:
+        maps = {"intra": raw[:, -1:]} if head == "r_intra" else {"inter": raw[:, :1], "intra": raw[:, 1:2]}
+        return torch.softmax(network.refined_maps(maps)[head], dim=1)[:, 1:2]
+
+    return probability
+
+
+@torch.no_grad()
+def refinement_checks(network: DDAD, normals: Dataset, synthetic: Dataset, batch_size: int = 16) -> dict[str, Any]:
+    """Label-free checks of the trained ASR heads (module docstring, step 5).
+
+    Args:
+        network: the trained model (eval mode is set here).
+        normals: preprocessed validation normals (``image``).
+        synthetic: validation normals with a synthetic anomaly each (``image``, ``mask``), made as in training.
+
+    Returns:
+        ``{"synthetic_pixel_auroc": {map: auroc}, "probe_levels": [...], "probe": {head: [P per level]},
+        "monotone": {head: bool}, "warnings": [...]}``.
+    """
+    network.eval()
+    synth = _collect_maps(network, synthetic, batch_size, with_mask=True)
+    mask = synth.pop("mask")
+    separation = pixel_separation(synth, mask)
+    normal = _collect_maps(network, normals, batch_size)
+    heads = [h for h in ("r_dual", "r_intra") if h in normal]
+    channels = {"r_dual": ["inter", "intra"], "r_intra": ["intra"]}
+    probe: dict[str, list[float]] = {}
+    for head in heads:
+        raw = torch.cat([normal[c] for c in channels[head]], dim=1)
+        scale = torch.stack(
+            [torch.quantile(normal[c].flatten()[:: max(1, normal[c].numel() // 2**20)], 0.99) for c in channels[head]]
+        )
+        probe[head] = probe_response(_head_probability(network, head), raw, scale, PROBE_LEVELS)
+    monotone = {head: is_non_decreasing(values) for head, values in probe.items()}
+    warnings = []
+    inputs = [m for m in ("inter", "intra") if m in separation]
+    if inputs and max(separation[m] for m in inputs) <= SEPARATION_WARNING:
+        warnings.append(
+            "the synthetic anomalies leave almost no trace in the discrepancy maps (pixel AUROC "
+            + ", ".join(f"{m} {separation[m]:.2f}" for m in inputs)
+            + " on validation normals): ASR-Net can only learn where patches tend to be, and its output on real "
+            "lesions is not informative. Consider synthetic_source_location 'random', refinement 'monotone' or "
+            "output_map 'auto' (bundle README)."
+        )
+    for head, ok in monotone.items():
+        if not ok:
+            warnings.append(
+                f"{head}: the anomaly probability falls when the discrepancy rises beyond the training range "
+                f"(probe at {list(PROBE_LEVELS)} x q99: {[round(v, 3) for v in probe[head]]}); real lesions with "
+                "large discrepancies may be scored as normal. Consider refinement 'monotone' (bundle README)."
+            )
+    return {
+        "synthetic_pixel_auroc": separation,
+        "probe_levels": list(PROBE_LEVELS),
+        "probe": probe,
+        "monotone": monotone,
+        "warnings": warnings,
+    }
+
+
+@torch.no_grad()
+def select_served_map(network: DDAD, normals: Dataset, pool: Dataset, batch_size: int = 16) -> dict[str, Any]:
+    """Choose the served map without labels (module docstring, step 6) and set it on ``network``.
+
+    The criterion of each candidate is the AUROC of its image score (the map's mean) on the held-out pool against
+    the validation normals. Candidates are :data:`AUTO_ORDER` (``refined`` is R_dual with a UDM, else R_intra);
+    ties go to the earlier one, and when no candidate exceeds 0.5 the paper's ``refined`` is kept.
+    """
+    network.eval()
+    refined = "r_dual" if bool(network.has_udm) else "r_intra"
+    names = {"refined": refined, "rec": "rec", "intra": "intra", "inter": "inter"}
+
+    def scores(dataset: Dataset) -> dict[str, np.ndarray]:
+        maps = _collect_maps(network, dataset, batch_size)
+        return {served: maps[key].flatten(1).mean(1).numpy() for served, key in names.items() if key in maps}
+
+    criteria = pool_separation(scores(normals), scores(pool))
+    chosen = select_score(criteria, AUTO_ORDER, fallback="refined")
+    network.set_served_map(chosen)
+    return {
+        "criterion": "AUROC of the image score, held-out unlabeled pool vs validation normals (no labels)",
+        "values": criteria,
+        "chosen": chosen,
+        "n_normal": len(normals),  # type: ignore[arg-type]
+        "n_pool": len(pool),  # type: ignore[arg-type]
+    }
+
+
 class DDADTraining:
     """Runs the DDAD-ASR stages with the bundle's trainers.
 
@@ -43,8 +177,15 @@ class DDADTraining:
         network: the :class:`~medad_monai.networks.ddad.DDAD` model being trained.
         ndm_trainer, udm_trainer, asr_trainer: MONAI trainers of the three stages.
         calibrator: evaluator over validation normals whose handlers set ``network.threshold``.
-        num_unlabeled: size of the unlabeled pool; 0 trains R_intra only.
+        num_unlabeled: size of the unlabeled pool the UDM trains on; 0 trains R_intra only.
         save_path: where the model's flat state dict is written (atomically) after each stage.
+        validation: preprocessed validation normals (needed by the checks, ``refine_input="saturate"`` and
+            ``output_map="auto"``).
+        synthetic_validation: the validation normals with one synthetic anomaly each (``image``, ``mask``), for the
+            checks; ``None`` skips them.
+        pool_holdout: preprocessed unlabeled images held out from the UDM, for ``output_map="auto"``.
+        report_path: where ``training_report.json`` is written; ``None``: next to ``save_path``.
+        batch_size: batch size of the checks and the selection.
     """
 
     def __init__(
@@ -56,18 +197,66 @@ class DDADTraining:
         calibrator: SupervisedEvaluator | None,
         num_unlabeled: int,
         save_path: str | os.PathLike,
+        validation: Dataset | None = None,
+        synthetic_validation: Dataset | None = None,
+        pool_holdout: Dataset | None = None,
+        report_path: str | os.PathLike | None = None,
+        batch_size: int = 16,
     ) -> None:
         self.network = network
         self.ndm_trainer, self.udm_trainer, self.asr_trainer = ndm_trainer, udm_trainer, asr_trainer
         self.calibrator = calibrator
         self.num_unlabeled = int(num_unlabeled)
         self.save_path = save_path
+        self.validation, self.synthetic_validation, self.pool_holdout = validation, synthetic_validation, pool_holdout
+        self.report_path = report_path or os.path.join(os.path.dirname(os.fspath(save_path)), "training_report.json")
+        self.batch_size = int(batch_size)
+        self.report: dict[str, Any] = {}
 
     def _save(self, stage: str) -> None:
         if not is_rank_zero():  # multi-process training: one writer
             return
         atomic_torch_save(self.network.state_dict(), self.save_path)
         logger.info(f"DDAD: saved the model after stage '{stage}' to {self.save_path}")
+
+    @staticmethod
+    def _require(data: Dataset | None, message: str) -> None:
+        if data is None or len(data) == 0:  # type: ignore[arg-type]
+            raise ValueError(f"DDAD: {message}")
+
+    def _fit_refinement_input(self) -> None:
+        self._require(self.validation, "refine_input 'saturate' needs validation normals (val_fraction > 0)")
+        self.network.eval()
+        maps = _collect_maps(self.network, self.validation, self.batch_size)
+        self.network.fit_refinement_input(maps)
+        scale = [round(float(v), 6) for v in self.network.input_scale]
+        logger.info(f"DDAD: saturating ASR input scale (inter, intra) = {scale} (0.99 quantile, validation normals)")
+        self.report["input_scale"] = scale
+
+    def _check_refinement(self) -> None:
+        checks = refinement_checks(self.network, self.validation, self.synthetic_validation, self.batch_size)
+        sep = ", ".join(f"{k} {v:.3f}" for k, v in checks["synthetic_pixel_auroc"].items())
+        logger.info(f"DDAD check: pixel AUROC on synthetic anomalies of validation normals: {sep}")
+        for head, values in checks["probe"].items():
+            logger.info(
+                f"DDAD check: {head} probe P(anomaly) at {checks['probe_levels']} x q99: "
+                f"{[round(v, 3) for v in values]}"
+            )
+        for message in checks["warnings"]:
+            logger.warning(f"DDAD check: {message}")
+        self.report["refinement_checks"] = checks
+
+    def _select(self) -> None:
+        self._require(self.validation, "output_map 'auto' needs validation normals (val_fraction > 0)")
+        self._require(
+            self.pool_holdout,
+            "output_map 'auto' needs held-out unlabeled images (pool_holdout > 0 and a train/unlabeled pool); set "
+            "pool_holdout or choose the served map with output_map",
+        )
+        selection = select_served_map(self.network, self.validation, self.pool_holdout, self.batch_size)
+        values = ", ".join(f"{k} {v:.3f}" for k, v in selection["values"].items())
+        logger.info(f"DDAD: output_map 'auto' serves '{selection['chosen']}' ({selection['criterion']}: {values})")
+        self.report["selection"] = selection
 
     def run(self) -> None:
         dual = self.num_unlabeled > 0
@@ -78,16 +267,31 @@ class DDADTraining:
                 "DDAD: no unlabeled pool (train/unlabeled is empty or absent): training the NDM and R_intra "
                 "only; the model will serve R_intra (A_inter and R_dual need a UDM)"
             )
+        self.report = {
+            "output_map": self.network.output_map,
+            "refinement": self.network.refinement,
+            "refine_input": self.network.refine_input,
+        }
         for name, trainer in (("NDM", self.ndm_trainer), ("UDM", self.udm_trainer), ("ASR", self.asr_trainer)):
             if name == "UDM" and not dual:
                 continue
+            if name == "ASR" and self.network.refine_input == "saturate":
+                self._fit_refinement_input()
             _check_loader(trainer, f"DDAD {name} stage")
             logger.info(f"DDAD: stage {name}: {trainer.state.max_epochs} epochs")
             trainer.run()
             if name != "ASR":  # after any checkpoint a trainer's handlers may have loaded at start
                 self.network.has_udm.fill_(name == "UDM")
             self._save(name)
+        if self.validation is not None and self.synthetic_validation is not None:
+            self._check_refinement()
+        if self.network.output_map == "auto":
+            self._select()
+        self.report["served_map"] = self.network.served_map_name()
         if self.calibrator is not None:
             self.calibrator.run()
             logger.info(f"DDAD: decision threshold {float(self.network.threshold):.6g} (validation normals)")
             self._save("calibration")
+        self.report["threshold"] = float(self.network.threshold)
+        if is_rank_zero():
+            atomic_write_json(self.report, self.report_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,8 @@ class EvaluationReport:
         seed: seed of the run, recorded with the results.
         network: optional model; its ``threshold`` buffer is recorded and drawn on the histogram.
         extra: anything else to record (e.g. the dataset folder).
+        include: JSON files to embed in ``metrics.json`` under their key when they exist (e.g. the training
+            report with label-free checks and choices, ``{"training": ".../training_report.json"}``).
     """
 
     def __init__(
@@ -49,11 +52,13 @@ class EvaluationReport:
         network: nn.Module | None = None,
         label_key: str = "label",
         extra: Mapping[str, Any] | None = None,
+        include: Mapping[str, str | os.PathLike] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.score_names, self.labels = list(score_names), dict(labels or {})
         self.title, self.seed, self.network, self.label_key = title, seed, network, label_key
         self.extra = dict(extra or {})
+        self.include = {k: Path(v) for k, v in (include or {}).items()}
         self.scores: dict[str, list[float]] = {}
         self.y: list[int] = []
 
@@ -97,6 +102,7 @@ class EvaluationReport:
             "threshold": threshold,
             "data": {"n_images": int(y.size), "n_normal": int((y == 0).sum()), "n_anomalous": int((y == 1).sum())},
             **self.extra,
+            **{k: json.loads(p.read_text()) for k, p in self.include.items() if p.is_file()},
             "provenance": provenance(self.seed),
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)

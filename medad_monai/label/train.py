@@ -9,7 +9,8 @@ is (:mod:`medad_monai.label.datastore`):
 * ``train#dataset#data`` / ``validate#dataset#data``: the studies reviewed *normal*, split by ``val_split``; the
   validation normals calibrate the stored threshold (DESIGN §2), so it needs at least one;
 * DDAD (a config with ``train#udm_dataset``): its unlabeled pool is every study not yet reviewed, so the UDM
-  ensemble sees normals plus the unlabeled pool, as the method intends;
+  ensemble sees normals plus the unlabeled pool, as the method intends; the bundle's ``pool_holdout`` fraction of
+  that pool is held out (``train#pool_holdout_dataset``) for the label-free choice of the served map;
 * D²4FAD (a config whose training dataset is episodic over source datasets, with ``support_dir``): the model
   trains on its configured source datasets and the datastore's normals become the target's support set and
   calibration normals, the method's few-shot setting;
@@ -26,6 +27,7 @@ from monai.data import partition_dataset
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+from medad_monai.data.datalists import split_pool
 from medad_monai.label.datastore import ReviewStatus, studies_by_status, training_items
 
 __all__ = ["AnomalyTrainTask"]
@@ -94,10 +96,14 @@ class AnomalyTrainTask(BundleTrainTask):
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         cfg = self.bundle_config
         train_data = overrides.get(self.const.key_train_dataset_data(), [])
+        pool, holdout = self._unlabeled, []
+        if cfg.get("train#pool_holdout_dataset") is not None:  # DDAD: part of the pool for the label-free choice
+            pool, holdout = split_pool(self._unlabeled, float(cfg.get("pool_holdout", 0.0)), int(cfg.get("seed", 0)))
+            overrides["train#pool_holdout_dataset#data"] = holdout
         if cfg.get("train#udm_dataset") is not None:  # DDAD: UDM = normals + the unreviewed pool
-            overrides["train#udm_dataset#data"] = list(train_data) + self._unlabeled
+            overrides["train#udm_dataset#data"] = list(train_data) + pool
         if cfg.get("train#pipeline#num_unlabeled") is not None:  # DDAD trains R_intra only without a pool
-            overrides["train#pipeline#num_unlabeled"] = len(self._unlabeled)
+            overrides["train#pipeline#num_unlabeled"] = len(pool)
         if isinstance(cfg.get("train#dataset"), dict) and "data" not in cfg.get("train#dataset"):
             # episodic training over source datasets (D²4FAD): the normals are the target's support set
             overrides.pop(self.const.key_train_dataset_data(), None)

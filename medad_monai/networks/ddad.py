@@ -13,21 +13,37 @@ the ratio, MedIA 2023 Eq. 10-12; official ``test.py``). ASR-Net (§3.4) refines 
 ``[A_intra]`` (R_intra) into an anomaly probability map; the image score is its mean.
 
 The official code calls the UDM "module a" and the NDM "module b"; the attribute names here follow the paper.
+
+Beyond the paper (options, off by default unless the bundle README says otherwise):
+
+* ``refinement="monotone"`` (:class:`MonotoneASRNet`): ASR-Net constrained to be non-decreasing in every input
+  pixel, so that a discrepancy larger than anything seen in training can never lower the anomaly probability;
+* ``refine_input="saturate"``: ASR-Net sees ``x / (x + q)`` per channel, ``q`` a high quantile of the channel on
+  validation normals (:meth:`DDAD.fit_refinement_input`), so inputs beyond the training range are compressed into
+  ``[0, 1)`` instead of extrapolated;
+* ``output_map="auto"``: the served map is chosen after training, without labels, by how well each image score
+  separates held-out validation normals from held-out unlabeled images (:mod:`medad_monai.metrics.score_selection`),
+  and stored in the ``served_map`` buffer.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medad_monai.losses.focal import focal_loss
 from medad_monai.networks.autoencoders import AEEnsemble
 
-__all__ = ["ASRNet", "DDAD", "OUTPUT_MAPS"]
+__all__ = ["ASRNet", "DDAD", "MonotoneASRNet", "OUTPUT_MAPS", "REFINEMENTS", "REFINE_INPUTS"]
 
+# Maps ``forward`` can serve; ``served_map`` indexes this tuple ("auto" picks one of them after training).
 OUTPUT_MAPS = ("refined", "rec", "intra", "inter")
+REFINEMENTS = ("asr", "monotone")
+REFINE_INPUTS = ("raw", "saturate")
 
 logger = logging.getLogger("medad_monai")
 
@@ -54,6 +70,70 @@ class ASRNet(nn.Module):
         return self.model(x)
 
 
+class _PositiveConv2d(nn.Module):
+    """3x3 convolution whose weights are ``softplus`` of free parameters: non-decreasing in every input pixel."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        fan_in = in_channels * 9
+        # softplus(raw) starts near 1 / fan_in, so a sum over the receptive field stays of the input's order
+        self.raw_weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3) * 0.5 - math.log(fan_in))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, F.softplus(self.raw_weight), self.bias, padding=1)
+
+
+class _PositiveBatchNorm2d(nn.Module):
+    """BatchNorm with a positive scale (``softplus``): a non-decreasing map in both train and eval mode."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.raw_scale = nn.Parameter(torch.full((channels,), math.log(math.e - 1)))  # softplus -> 1
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * F.softplus(self.raw_scale).view(1, -1, 1, 1) + self.shift.view(1, -1, 1, 1)
+
+
+class MonotoneASRNet(nn.Module):
+    """ASR-Net constrained to be non-decreasing in its inputs (ours, beyond MedIA 2023 §3.4).
+
+    Same layout as :class:`ASRNet` (two hidden 3x3 layers of ``mid_channels`` with BatchNorm and ReLU), but every
+    convolution has non-negative weights and every BatchNorm a positive scale, and the last layer gives one anomaly
+    logit ``z`` returned as the two-class logits ``(-z / 2, z / 2)``. Each layer is a non-decreasing function of its
+    input, so ``P(anomaly) = sigmoid(z)`` can only rise when any input discrepancy rises: a lesion whose discrepancy
+    exceeds every synthetic training anomaly cannot be mapped to "normal", the failure the paper's unconstrained
+    network shows when the synthetic anomalies leave little trace (bundle README).
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int = 128) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            _PositiveConv2d(in_channels, mid_channels),
+            _PositiveBatchNorm2d(mid_channels),
+            nn.ReLU(),
+            _PositiveConv2d(mid_channels, mid_channels),
+            _PositiveBatchNorm2d(mid_channels),
+            nn.ReLU(),
+            _PositiveConv2d(mid_channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        return torch.cat([-0.5 * z, 0.5 * z], dim=1)
+
+
+def build_refinement_net(kind: str, in_channels: int, mid_channels: int = 128) -> nn.Module:
+    """``"asr"`` (:class:`ASRNet`, the paper) or ``"monotone"`` (:class:`MonotoneASRNet`)."""
+    if kind == "asr":
+        return ASRNet(in_channels, mid_channels)
+    if kind == "monotone":
+        return MonotoneASRNet(in_channels, mid_channels)
+    raise ValueError(f"refinement must be one of {REFINEMENTS}, got {kind!r}")
+
+
 class DDAD(nn.Module):
     """The whole DDAD-ASR model: NDM and UDM ensembles, both ASR-Nets, and the calibrated threshold.
 
@@ -68,9 +148,12 @@ class DDAD(nn.Module):
         mem_dim, shrink_thres, entropy_weight: MemAE settings (25, 0, 0.0002 in the official configs).
         asr_channels: ASR-Net width (128).
         eps: floor of the predicted variance in the AE-U normalisation (numerical safety only).
-        output_map: the map ``forward`` serves: ``"refined"`` (the paper: R_dual with a UDM, else R_intra), or one
-            of ``"rec"``, ``"intra"``, ``"inter"`` (falls back to ``"intra"`` without a UDM) for users whose data
-            favours an unrefined score. Thresholds are calibrated on the served map.
+        output_map: the map ``forward`` serves: ``"refined"`` (the paper: R_dual with a UDM, else R_intra), one
+            of ``"rec"``, ``"intra"``, ``"inter"`` (falls back to ``"intra"`` without a UDM), or ``"auto"``: chosen
+            after training without labels (:meth:`set_served_map`). Thresholds are calibrated on the served map.
+        refinement: ``"asr"`` (the paper's ASR-Net) or ``"monotone"`` (:class:`MonotoneASRNet`).
+        refine_input: ``"raw"`` (the paper: the discrepancy maps as they are) or ``"saturate"``
+            (``x / (x + q)`` per channel, ``q`` fitted on validation normals by :meth:`fit_refinement_input`).
     """
 
     def __init__(
@@ -87,6 +170,8 @@ class DDAD(nn.Module):
         asr_channels: int = 128,
         eps: float = 1e-8,
         output_map: str = "refined",
+        refinement: str = "asr",
+        refine_input: str = "raw",
     ) -> None:
         super().__init__()
         kwargs = dict(
@@ -100,13 +185,20 @@ class DDAD(nn.Module):
         )
         self.ndm = AEEnsemble(num_members, backbone, **kwargs)
         self.udm = AEEnsemble(num_members, backbone, **kwargs)
-        self.asr_intra = ASRNet(1, asr_channels)
-        self.asr_dual = ASRNet(2, asr_channels)
+        self.asr_intra = build_refinement_net(refinement, 1, asr_channels)
+        self.asr_dual = build_refinement_net(refinement, 2, asr_channels)
         self.uncertainty = backbone.lower() == "ae-u"
         self.in_channels, self.image_size, self.eps = in_channels, image_size, eps
-        if output_map not in OUTPUT_MAPS:
-            raise ValueError(f"output_map must be one of {OUTPUT_MAPS}, got {output_map!r}")
-        self.output_map = output_map
+        if output_map not in (*OUTPUT_MAPS, "auto"):
+            raise ValueError(f"output_map must be one of {(*OUTPUT_MAPS, 'auto')}, got {output_map!r}")
+        if refine_input not in REFINE_INPUTS:
+            raise ValueError(f"refine_input must be one of {REFINE_INPUTS}, got {refine_input!r}")
+        self.output_map, self.refinement, self.refine_input = output_map, refinement, refine_input
+        # Index into OUTPUT_MAPS of the map forward serves; "auto" starts at "refined" until set_served_map.
+        start = "refined" if output_map == "auto" else output_map
+        self.register_buffer("served_map", torch.tensor(OUTPUT_MAPS.index(start), dtype=torch.long))
+        # Per-channel scale q of the saturating ASR input, channels (inter, intra); fitted on validation normals.
+        self.register_buffer("input_scale", torch.ones(2))
         # Whether the UDM was trained (an unlabeled pool existed): selects R_dual vs R_intra at inference.
         self.register_buffer("has_udm", torch.tensor(False))
         # Decision threshold on the image score, calibrated on validation normals; NaN until calibrated.
@@ -139,12 +231,30 @@ class DDAD(nn.Module):
             out["inter"] = (mu_ndm - mu_udm).abs().mean(1, keepdim=True) / torch.sqrt(var)
         return out
 
+    def refinement_inputs(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ASR-Net inputs: ``intra`` ``[A_intra]`` and, if a UDM exists, ``dual`` ``[A_inter, A_intra]``, after the
+        ``refine_input`` transform."""
+        intra = maps["intra"]
+        if self.refine_input == "saturate":
+            intra = intra / (intra + self.input_scale[1])
+        out = {"intra": intra}
+        if "inter" in maps:
+            inter = maps["inter"]
+            if self.refine_input == "saturate":
+                inter = inter / (inter + self.input_scale[0])
+            out["dual"] = torch.cat([inter, intra], dim=1)
+        return out
+
+    def refine(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ASR logits from :meth:`refinement_inputs`: ``r_intra`` and, with a UDM, ``r_dual``."""
+        out = {"r_intra": self.asr_intra(inputs["intra"])}
+        if "dual" in inputs:
+            out["r_dual"] = self.asr_dual(inputs["dual"])
+        return out
+
     def refined_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """ASR logits: ``r_intra`` from ``[A_intra]`` and, if a UDM exists, ``r_dual`` from ``[A_inter, A_intra]``."""
-        out = {"r_intra": self.asr_intra(maps["intra"])}
-        if "inter" in maps:
-            out["r_dual"] = self.asr_dual(torch.cat([maps["inter"], maps["intra"]], dim=1))
-        return out
+        return self.refine(self.refinement_inputs(maps))
 
     def all_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every score map: ``rec``, ``intra``, ``inter`` and the anomaly probabilities ``r_intra``, ``r_dual``."""
@@ -158,14 +268,37 @@ class DDAD(nn.Module):
         return {name: m.flatten(1).mean(1) for name, m in self.all_maps(x).items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly map ``(B, 1, H, W)``: by default R_dual if the UDM was trained, else R_intra (``output_map``)."""
+        """Anomaly map ``(B, 1, H, W)``: the ``served_map`` (by default R_dual if the UDM was trained, else R_intra)."""
         maps = self.discrepancy_maps(x)
-        if self.output_map != "refined":
-            key = self.output_map if self.output_map in maps else "intra"
-            return maps[key]
+        served = int(self.served_map)
+        if served != 0:  # OUTPUT_MAPS[0] == "refined"
+            key = ["refined", "rec", "intra", "inter"][served]  # literal: TorchScript cannot index module globals
+            return maps[key] if key in maps else maps["intra"]
         refined = self.refined_maps(maps)
         logits = refined["r_dual"] if "r_dual" in refined else refined["r_intra"]
         return torch.softmax(logits, dim=1)[:, 1:2]
+
+    @torch.jit.ignore
+    def served_map_name(self) -> str:
+        """The name (in :data:`OUTPUT_MAPS`) of the map ``forward`` serves."""
+        return OUTPUT_MAPS[int(self.served_map)]
+
+    @torch.jit.ignore
+    def set_served_map(self, name: str) -> None:
+        """Serve ``name`` (one of :data:`OUTPUT_MAPS`) from now on; stored in ``model.pt``."""
+        if name not in OUTPUT_MAPS:
+            raise ValueError(f"served map must be one of {OUTPUT_MAPS}, got {name!r}")
+        self.served_map.fill_(OUTPUT_MAPS.index(name))
+
+    @torch.jit.ignore
+    def fit_refinement_input(self, maps: dict[str, torch.Tensor], quantile: float = 0.99) -> None:
+        """Set the saturating input's per-channel scale ``q`` to the ``quantile`` of the pixel values of ``inter``
+        and ``intra`` over ``maps`` (discrepancy maps of validation normals, :meth:`discrepancy_maps`)."""
+        for i, name in enumerate(("inter", "intra")):
+            if name in maps:
+                values = maps[name].detach().flatten().float()
+                q = torch.quantile(values[:: max(1, values.numel() // 2**20)], quantile)  # quantile's size limit
+                self.input_scale[i] = q.clamp_min(self.eps)
 
     @torch.jit.ignore
     def score_names(self) -> list[str]:

@@ -1,31 +1,32 @@
 """PDD: Manifold-Prior Diverse Distillation for medical anomaly detection (Lu et al., CVPR 2026).
 
-The authors released no code; this follows the paper as summarised in DESIGN §4. Every choice the paper leaves
-open is a constructor argument with a documented default (see ``bundles/pdd/docs/README.md``, section "What the
-paper fixes and what we chose").
+Follows the official code (``OxygenLu/PDD``: ``models/mamba_decoder.py``, ``scripts/train_two_twins_ddp.py`` with
+``layerloss=4``, ``utils/losses.py``, ``utils/evaluation.py``); the paper's names are given with each part.
 
-Pipeline (levels ``k = 1..3`` are indices ``0..2`` here, shallow first):
-
-* **Teachers** (frozen, eval mode): WideResNet50-2 ``layer1..3`` (256/512/1024 channels, strides 4/8/16) and
-  VMamba-Tiny ``vssm1_tiny_0230s`` stages 1-3 (96/192/384 channels, same strides), on ImageNet-normalised input.
-* **InA** (:class:`InA`, one per level): ``f_b = U(P(f_mamba), S) + f_resnet``; ``U`` resamples bilinearly to the
-  ResNet feature's size (the ratio ``S``; 1 for these two backbones), ``P`` is a trainable 1x1 conv + BN projection
-  96/192/384 -> 256/512/1024 (our assumption: the paper adds features whose channels differ). ``f_b`` is the
-  distillation target of both students.
-* **MMU** (:class:`MMU`, levels ``mmu_levels``): ``C1 = conv1x1(f_mamba)``; ``f_mc = C1 + conv3x3(GELU(BN(C1)))``;
-  unified manifold ``f_t = f_mc + f_resnet`` (``f_t = f_resnet`` on levels without an MMU).
-* **Students** (:class:`PDDStudent`): a bottleneck (ours: a 3x3 stride-2 conv + BN + ReLU that maps the deepest
-  unified level ``f_t[2]`` (1024 @ s/16) to 2048 @ s/32, as RD's OCBE output; ``bottleneck="all"`` first fuses all
-  three levels) followed by the reverse-distillation decoder
-  (:class:`~medad_monai.networks.rd_decoder.ReverseDistillationDecoder`), one bottleneck per student.
-  Student 1 is the plain decoder, distilled to ``f_b`` with ``L_kr`` (squared error). Student 2 receives **MPA**
-  skip priors (:class:`MPA`): a per-pixel affine map (1x1 conv with bias) of the unified manifold, added to the
-  input of decoder stage ``i`` from the level with the same shape (stage 1 <- ``f_t[2]``, stage 2 <- ``f_t[1]``);
-  it is distilled with ``L_prp = alpha * MSE + beta * (1 - cos)``.
-* **Diversity** between the students (:func:`~medad_monai.losses.diversity.diversity_loss`): ``max(0, cos - tau_low)``
-  on shallow levels, ``max(0, tau_high - cos)`` on deep levels.
-* **Inference** (:meth:`PDD.forward`): per level ``1 - cos(f_b, student)`` for both students, bilinearly upsampled to
-  the input size, summed over levels and students, Gaussian sigma 4 per image. Image score = max (postprocessing).
+* **Teachers** (frozen, eval mode), on ImageNet-normalised input: WideResNet50-2 ``layer1..4`` (``f_r``: 256@s/4,
+  512@s/8, 1024@s/16, 2048@s/32) and VMamba-Tiny, each stage's output *after* its downsampling (``f_m``: 192@s/8,
+  384@s/16, 768@s/32, 768@s/32; official ``VSSM.forward(feature_list=True)``).
+* **Manifold matching** (MMU, :class:`ChannelAdapter`, official ``EfficientChannelAdapter``): one adapter per level
+  maps the VMamba feature to the ResNet width (``1x1 -> BN -> GELU -> dilated 3x3 -> BN -> GELU -> 1x1 -> BN``,
+  plus a 1x1 residual projection, then GELU).
+* **Unification**: the deepest level gives the unified manifold ``f_u = A_4(f_m[3]) + f_r[3]`` (2048@s/32), the
+  students' input. **InA** (inter-level feature adaption): levels 1-3 give the distillation targets
+  ``t_k = up_2(A_k(f_m[k])) + f_r[k]`` (the VMamba feature is one stride coarser, hence the 2x bilinear upsampling).
+  The adapters are trained with the students (the targets are not detached in the official code).
+* **MPA** (:class:`ManifoldPriorAffine`, official ``LightweightMLP``): ``1x1 -> BN -> GELU`` on ``f_u``, then two
+  1x1 branches resized to the decoder's stage-2 and stage-3 inputs (1024@s/16, 512@s/8): the skip priors.
+* **Students**: one reverse-distillation decoder (:class:`~medad_monai.networks.rd_decoder.ReverseDistillationDecoder`,
+  2 blocks per stage, width 128) run twice on ``f_u``: with the MPA priors added to its stage inputs (Student 1,
+  "prior") and without (Student 2, "plain"). The official code shares the decoder's weights between them
+  (``shared_decoder``).
+* **Losses** (official ``layerloss == 4``; :meth:`PDD.losses`): ``0.02 MSE(s_prior, t) + 0.05 C(s_prior, t)``,
+  ``0.02 MSE(t, s_plain)`` and ``0.5 L_div(s_prior, s_plain)``; MSE and the cosine are taken on each level's
+  flattened map per image and summed over levels. ``C`` is the cosine *similarity* in the official code and the
+  cosine *distance* ``1 - cos`` in the paper's ``L_prp`` (``prior_cosine``). ``L_div``: ``max(0, cos - 0.75)`` on the
+  shallowest level, ``max(0, 0.30 - cos)`` on the two deeper ones.
+* **Inference** (:meth:`PDD.forward`): per level ``1 - cos`` over channels between each student and the target,
+  bilinearly upsampled (``align_corners=True``) to the input size, summed over levels and students, Gaussian
+  sigma 4 per image; image score = max (postprocessing).
 
 Everything inference needs (both teachers, the trainable modules, the calibrated ``threshold``) is a parameter or
 buffer, so ``model.pt`` and the exported TorchScript carry it.
@@ -45,19 +46,17 @@ from torch import Tensor, nn
 
 from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
 from medad_monai.losses.diversity import diversity_loss
-from medad_monai.losses.feature_regression import mse_cosine_loss, squared_error_loss
+from medad_monai.losses.feature_regression import level_cosine, level_mse
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
-from medad_monai.networks.teachers import IMAGENET_MEAN, IMAGENET_STD, WideResNetTeacher, imagenet_weights_cache_path
+from medad_monai.networks.teachers import IMAGENET_MEAN, IMAGENET_STD, WideResNetTeacher
 from medad_monai.networks.vmamba import VMAMBA_TINY_CHECKPOINT_NAME, VSSM, vmamba_tiny
 
 __all__ = [
-    "MPA",
-    "MMU",
     "PDD",
+    "PRIOR_COSINE",
     "VMAMBA_WEIGHTS_ENV",
-    "InA",
-    "PDDStudent",
-    "StudentBottleneck",
+    "ChannelAdapter",
+    "ManifoldPriorAffine",
     "build_vmamba_teacher",
     "build_wrn_teacher",
     "resolve_vmamba_weights",
@@ -66,8 +65,10 @@ __all__ = [
 logger = logging.getLogger("medad_monai")
 
 VMAMBA_WEIGHTS_ENV = "MEDAD_VMAMBA_WEIGHTS"
-RESNET_CHANNELS: tuple[int, int, int] = (256, 512, 1024)
-MAMBA_CHANNELS: tuple[int, int, int] = (96, 192, 384)
+RESNET_CHANNELS: tuple[int, int, int, int] = (256, 512, 1024, 2048)
+# VMamba-Tiny stage outputs after downsampling (official feature_list): dims[1], dims[2], dims[3], dims[3]
+MAMBA_CHANNELS: tuple[int, int, int, int] = (192, 384, 768, 768)
+PRIOR_COSINE = ("similarity", "distance")
 _NUM_LEVELS = 3
 
 
@@ -113,37 +114,42 @@ def resolve_vmamba_weights(weights: str | os.PathLike[str] | None) -> tuple[str 
     return path, f"local file {path}"
 
 
-def build_vmamba_teacher(weights: str | os.PathLike[str] | None = "auto", chunk_size: int | None = None) -> VSSM:
-    """Frozen VMamba-Tiny (``vssm1_tiny_0230s``) returning stages 1-3 (96/192/384 channels, strides 4/8/16)."""
+class VMambaStageOutputs(nn.Module):
+    """VMamba features as the official PDD reads them: the output of every stage *after* its downsampling
+    (``VSSM.forward(feature_list=True)``): at input ``s``, ``[192@s/8, 384@s/16, 768@s/32, 768@s/32]``."""
+
+    def __init__(self, vssm: VSSM) -> None:
+        super().__init__()
+        self.patch_embed = vssm.patch_embed
+        self.layers = vssm.layers
+        self.weights_description = getattr(vssm, "weights_description", "random initialisation")
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.patch_embed(x)
+        outs: list[Tensor] = []
+        for layer in self.layers:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+
+def build_vmamba_teacher(
+    weights: str | os.PathLike[str] | None = "auto", chunk_size: int | None = None
+) -> VMambaStageOutputs:
+    """Frozen VMamba-Tiny returning the official PDD features (:class:`VMambaStageOutputs`)."""
     path, description = resolve_vmamba_weights(weights)
     kwargs = {} if chunk_size is None else {"chunk_size": int(chunk_size)}
-    model = vmamba_tiny(weights=path, out_indices=(0, 1, 2), **kwargs)
+    model = VMambaStageOutputs(vmamba_tiny(weights=path, out_indices=(0, 1, 2, 3), **kwargs))
+    model.weights_description = description
     model.requires_grad_(False)
     model.eval()
     logger.info("PDD VMamba-Tiny teacher weights: %s", description)
-    model.weights_description = description  # type: ignore[assignment]
     return model
 
 
 def build_wrn_teacher(weights: str | None = "auto") -> WideResNetTeacher:
-    """Frozen WideResNet50-2 teacher (inputs already ImageNet-normalised by :class:`PDD`).
-
-    ``"auto"`` is passed to :class:`WideResNetTeacher` when it supports it; otherwise it is resolved here the same
-    way: ImageNet weights from the torch hub cache when present, else random initialisation with a loud warning.
-    """
-    if weights == "auto":
-        try:
-            return WideResNetTeacher("auto", normalize=False)
-        except FileNotFoundError:  # teachers.py without "auto": it took the string for a file path
-            if os.path.isfile(imagenet_weights_cache_path()):
-                weights = "imagenet"
-            else:
-                _loud_warning(
-                    f"PDD: ImageNet WideResNet50-2 weights not found at {imagenet_weights_cache_path()}. The WRN "
-                    "teacher is RANDOMLY INITIALISED: results will be far below the paper's."
-                )
-                weights = "random"
-    return WideResNetTeacher(weights, normalize=False)
+    """Frozen WideResNet50-2 teacher, ``layer1..4`` (inputs already ImageNet-normalised by :class:`PDD`)."""
+    return WideResNetTeacher(weights, normalize=False, num_layers=4)
 
 
 @torch.jit.unused
@@ -164,164 +170,80 @@ def _like_input(out: Tensor, image: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ fusion modules
-def _resize_to(x: Tensor, ref: Tensor, align_corners: bool = False) -> Tensor:
-    """Bilinear resampling of ``x`` to ``ref``'s spatial size (``U(., S)`` in the paper); identity when equal."""
+def _resize_to(x: Tensor, ref: Tensor) -> Tensor:
+    """Bilinear resampling of ``x`` to ``ref``'s spatial size (``align_corners=True``, as the official
+    ``nn.UpsamplingBilinear2d``); identity when the sizes are equal."""
     if x.shape[-2:] == ref.shape[-2:]:
         return x
-    return F.interpolate(x, size=[int(ref.shape[-2]), int(ref.shape[-1])], mode="bilinear", align_corners=align_corners)
+    return F.interpolate(x, size=[int(ref.shape[-2]), int(ref.shape[-1])], mode="bilinear", align_corners=True)
 
 
-class InA(nn.Module):
-    """Teacher fusion of one level (paper: InA): ``f_b = U(P(f_mamba), S) + f_resnet``.
+class ChannelAdapter(nn.Module):
+    """Manifold matching of one level (MMU; official ``EfficientChannelAdapter``).
 
-    ``P`` (1x1 conv without bias + BatchNorm) maps the Mamba channels to the ResNet channels: our assumption, since
-    the paper adds the two features although their channels differ (96/192/384 vs 256/512/1024).
+    ``GELU(BN(conv1x1(GELU(BN(conv3x3_dil2(GELU(BN(conv1x1(x)))))))) + P(x))`` with a bottleneck of
+    ``max(in, out) // reduction`` channels, a dilation-2 3x3 conv, and ``P`` a 1x1 projection when the widths differ.
     """
 
-    def __init__(self, mamba_channels: int, resnet_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, reduction: int = 4) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(mamba_channels, resnet_channels, kernel_size=1, bias=False)
-        self.bn = nn.BatchNorm2d(resnet_channels)
-
-    def forward(self, f_mamba: Tensor, f_resnet: Tensor) -> Tensor:
-        return _resize_to(self.bn(self.proj(f_mamba)), f_resnet) + f_resnet
-
-
-class MMU(nn.Module):
-    """Unified manifold of one level (paper: MMU): ``C1 = conv1x1(f_mamba)``, ``f_mc = C1 + conv3x3(GELU(BN(C1)))``,
-    ``f_t = f_mc + f_resnet``.
-
-    Widths follow from the sums: ``C1`` and the 3x3 conv output ``resnet_channels`` (our reading; the paper gives
-    no widths). ``C1`` is resampled to the ResNet feature's size when they differ.
-    """
-
-    def __init__(self, mamba_channels: int, resnet_channels: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(mamba_channels, resnet_channels, kernel_size=1)
-        self.bn = nn.BatchNorm2d(resnet_channels)
+        mid = max(in_channels // reduction, out_channels // reduction)
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, mid, kernel_size=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.GELU(),
+            nn.Conv2d(mid, mid, kernel_size=3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.GELU(),
+            nn.Conv2d(mid, out_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.residual: nn.Module = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
         self.act = nn.GELU()
-        self.conv = nn.Conv2d(resnet_channels, resnet_channels, kernel_size=3, padding=1)
 
-    def forward(self, f_mamba: Tensor, f_resnet: Tensor) -> Tensor:
-        c1 = _resize_to(self.c1(f_mamba), f_resnet)
-        f_mc = c1 + self.conv(self.act(self.bn(c1)))
-        return f_mc + f_resnet
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.body(x) + self.residual(x))
 
 
-class ManifoldUnification(nn.Module):
-    """MMUs on ``levels`` (indices 0..2); other levels pass ``f_resnet`` through as the unified manifold."""
+class ManifoldPriorAffine(nn.Module):
+    """MPA skip priors (official ``LightweightMLP``): a shared ``1x1 -> BN -> GELU`` on the unified manifold, then
+    one 1x1 branch per receiving decoder stage, bilinearly resized (``align_corners=False``) to that stage's input.
 
-    def __init__(self, levels: Sequence[int] = (0, 1, 2)) -> None:
+    Args:
+        in_channels: channels of the unified manifold (2048).
+        out_channels: channels of each prior, in decoder-stage order (1024 for stage 2, 512 for stage 3).
+        reduction: width reduction of the shared layer.
+    """
+
+    def __init__(self, in_channels: int = 2048, out_channels: Sequence[int] = (1024, 512), reduction: int = 2):
         super().__init__()
-        self.levels: list[int] = sorted({int(k) for k in levels})
-        if any(k < 0 or k >= _NUM_LEVELS for k in self.levels):
-            raise ValueError(f"mmu_levels must be in [0, {_NUM_LEVELS}), got {list(levels)}")
-        self.mmus = nn.ModuleList([MMU(MAMBA_CHANNELS[k], RESNET_CHANNELS[k]) for k in self.levels])
+        mid = in_channels // reduction
+        self.shared = nn.Sequential(
+            nn.Conv2d(in_channels, mid, kernel_size=1, bias=False), nn.BatchNorm2d(mid), nn.GELU()
+        )
+        self.branches = nn.ModuleList([nn.Conv2d(mid, c, kernel_size=1, bias=False) for c in out_channels])
 
-    def forward(self, f_mamba: list[Tensor], f_resnet: list[Tensor]) -> list[Tensor]:
-        out: list[Tensor] = [f for f in f_resnet]
-        for j, mmu in enumerate(self.mmus):
-            k = self.levels[j]
-            out[k] = mmu(f_mamba[k], f_resnet[k])
+    def forward(self, unified: Tensor, sizes: list[list[int]]) -> list[Tensor]:
+        """Priors for the decoder stages whose input sizes are ``sizes`` (one ``[h, w]`` per branch)."""
+        shared = self.shared(unified)
+        out: list[Tensor] = []
+        for i, branch in enumerate(self.branches):
+            out.append(F.interpolate(branch(shared), size=sizes[i], mode="bilinear", align_corners=False))
         return out
 
 
-class MPA(nn.Module):
-    """MPA skip priors for Student 2: ``prior_i = A_i(f_t[level(i)])`` added to decoder stage ``i``'s input.
-
-    ``A_i`` is a per-pixel affine map (1x1 conv with bias, our reading of "per-pixel affine"), initialised to zero
-    by default so that Student 2 starts as a plain RD decoder (``zero_init=False``: PyTorch's default init).
-    Stage ``i`` (0 = deepest) takes ``in_channels / 2**i`` channels at ``2**i`` times the bottleneck size, which is
-    unified level ``2 - (i - 1)`` (stage 1 <- level 2 (1024 @ s/16), stage 2 <- level 1 (512 @ s/8)); stage 0
-    (the bottleneck, s/32) has no unified level of its size.
-
-    Args:
-        stages: decoder stages that receive a prior (subset of ``{1, 2}``).
-        num_stages: decoder stages (3).
-        decoder_in_channels: channels of the decoder input (2048).
-        zero_init: zero-initialise the affine maps.
-    """
-
-    def __init__(
-        self,
-        stages: Sequence[int] = (1, 2),
-        num_stages: int = 3,
-        decoder_in_channels: int = 2048,
-        zero_init: bool = True,
-    ) -> None:
-        super().__init__()
-        self.stages: list[int] = sorted({int(s) for s in stages})
-        if any(s < 1 or s >= num_stages for s in self.stages):
-            raise ValueError(f"mpa_stages must be in [1, {num_stages}), got {list(stages)}")
-        self.num_stages = int(num_stages)
-        self.levels: list[int] = [_NUM_LEVELS - s for s in self.stages]
-        convs = []
-        for s, k in zip(self.stages, self.levels):
-            conv = nn.Conv2d(RESNET_CHANNELS[k], decoder_in_channels // 2**s, kernel_size=1)
-            if zero_init:
-                nn.init.zeros_(conv.weight)
-                nn.init.zeros_(conv.bias)
-            convs.append(conv)
-        self.affines = nn.ModuleList(convs)
-
-    def forward(self, f_t: list[Tensor]) -> list[Tensor | None]:
-        priors: list[Tensor | None] = []
-        for _ in range(self.num_stages):
-            priors.append(None)
-        for j, affine in enumerate(self.affines):
-            priors[self.stages[j]] = affine(f_t[self.levels[j]])
-        return priors
-
-
-class StudentBottleneck(nn.Module):
-    """Student input from the unified manifold (our choice; the paper does not specify it).
-
-    ``mode="deepest"``: ``ReLU(BN(conv3x3_stride2(f_t[2])))`` 1024 @ s/16 -> 2048 @ s/32, like RD's OCBE output.
-    ``mode="all"``: ``f_t[0]`` and ``f_t[1]`` are average-pooled to s/16, concatenated with ``f_t[2]`` and mixed by a
-    1x1 conv + BN + ReLU back to 1024 channels before the same strided conv.
-    """
-
-    def __init__(self, mode: str = "deepest", out_channels: int = 2048) -> None:
-        super().__init__()
-        if mode not in ("deepest", "all"):
-            raise ValueError(f"bottleneck must be 'deepest' or 'all', got {mode!r}")
-        self.mode = mode
-        c = RESNET_CHANNELS[-1]
-        if mode == "all":
-            self.fuse: nn.Module = nn.Sequential(
-                nn.Conv2d(sum(RESNET_CHANNELS), c, kernel_size=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
-            )
-        else:
-            self.fuse = nn.Identity()
-        self.down = nn.Sequential(
-            nn.Conv2d(c, out_channels, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, f_t: list[Tensor]) -> Tensor:
-        x = f_t[-1]
-        if self.mode == "all":
-            size = [int(x.shape[-2]), int(x.shape[-1])]
-            x = self.fuse(torch.cat([F.adaptive_avg_pool2d(f_t[0], size), F.adaptive_avg_pool2d(f_t[1], size), x], 1))
-        return self.down(x)
-
-
-class PDDStudent(nn.Module):
-    """One student: :class:`StudentBottleneck` + RD decoder, returning ``[256 @ s/4, 512 @ s/8, 1024 @ s/16]``."""
-
-    def __init__(self, bottleneck: str = "deepest", num_blocks: Sequence[int] = (3, 4, 6), width_per_group: int = 128):
-        super().__init__()
-        self.bottleneck = StudentBottleneck(bottleneck, 2048)
-        self.decoder = ReverseDistillationDecoder(2048, num_blocks, width_per_group)
-        if len(num_blocks) != _NUM_LEVELS:
-            raise ValueError(f"decoder_blocks must have {_NUM_LEVELS} entries, got {list(num_blocks)}")
-
-    def forward(self, f_t: list[Tensor], priors: list[Tensor | None] | None = None) -> list[Tensor]:
-        return self.decoder(self.bottleneck(f_t), priors)
+def _init_like_official(module: nn.Module) -> None:
+    """Official ``PDDDecoder`` initialisation: Kaiming-normal (fan_out, ReLU) for ``nn.Conv2d``, BN = identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 # ------------------------------------------------------------------------------------------------------- model
@@ -329,58 +251,67 @@ class PDD(nn.Module):
     """Manifold-Prior Diverse Distillation (Lu et al., CVPR 2026): ``forward(image) -> (B, 1, H, W)`` anomaly map.
 
     Args:
-        image_size: input side the bundle resizes to (paper: 256; must be a multiple of 32). Stored for export and
+        image_size: input side the bundle resizes to (paper: 256; a multiple of 32). Stored for export and
             benchmarks; the network itself is fully convolutional.
         wrn_weights: WideResNet50-2 teacher weights: ``"auto"`` (ImageNet from the torch hub cache, else random with
             a loud warning), ``"imagenet"``, ``"random"`` or a ``.pth`` path.
         vmamba_weights: VMamba-Tiny weights: ``"auto"`` (``$MEDAD_VMAMBA_WEIGHTS``, the torch hub cache, else random
-            with a loud warning), ``"random"`` or the path of the official ``vssm1_tiny_0230s`` checkpoint.
-        mmu_levels: levels (0..2) with an MMU; elsewhere the unified manifold is the ResNet feature.
-        bottleneck: student input, ``"deepest"`` or ``"all"`` (:class:`StudentBottleneck`).
-        decoder_blocks: RD decoder blocks per stage, deepest first (RD: ``(3, 4, 6)``).
+            with a loud warning), ``"random"`` or the path of an official checkpoint.
+        decoder_blocks: RD decoder blocks per stage, deepest first (official PDD: ``(2, 2, 2)``).
         decoder_width: RD decoder ``width_per_group`` (128 = wide).
-        mpa_stages: decoder stages of Student 2 that receive MPA priors (subset of ``{1, 2}``).
-        mpa_zero_init: zero-initialise the MPA affine maps.
-        kr_weight, prp_weight, diversity_weight: weights of ``L_kr``, ``L_prp`` and the diversity loss in the total.
-        prp_alpha, prp_beta: ``L_prp = alpha * MSE + beta * (1 - cos)``.
-        tau_low, tau_high: diversity hinges (paper, HeadCT: 0.75 and 0.30).
-        shallow_levels, deep_levels: levels with the shallow / deep diversity hinge.
-        diversity_per_pixel: cosine per pixel (``True``) or of flattened maps (``False``) in the diversity loss.
-        sigma: Gaussian smoothing of the anomaly map in pixels (0 disables).
-        align_corners: bilinear upsampling flag of the anomaly map.
+        adapter_reduction: bottleneck reduction of the channel adapters (official: 4).
+        shared_decoder: both students run one decoder (official); ``False`` gives each student its own.
+        detach_targets: stop the distillation gradients at the targets: the InA adapters then get none and keep
+            their initialisation (BN in eval mode), so the students chase fixed targets (ours; the official code
+            trains the adapters with the students).
+        prior_mse_weight, prior_cos_weight: Student 1 ("prior") terms against the targets (official 0.02, 0.05).
+        prior_cosine: ``"similarity"``: the official code adds ``prior_cos_weight * cos``; ``"distance"``: the
+            paper's ``L_prp`` adds ``prior_cos_weight * (1 - cos)``.
+        plain_mse_weight: Student 2 ("plain") MSE weight (official 0.02).
+        diversity_weight: weight of the diversity loss (official 0.5).
+        tau_low, tau_high: diversity hinges (official and paper, HeadCT: 0.75 and 0.30).
+        diverse_levels: how many of the shallowest levels get the diversity hinge (official ``low_dim_layers=1``);
+            the deeper levels get the consistency hinge.
+        diversity_per_pixel: cosine per pixel (``True``) or of the flattened maps per image (``False``, official).
+        sigma: Gaussian smoothing of the anomaly map in pixels (official 4; 0 disables).
+        align_corners: bilinear upsampling flag of the anomaly map (official ``True``).
         vmamba_chunk_size: chunk length of VMamba's vectorised selective scan (``None``: the default).
     """
 
     def __init__(
         self,
-        image_size: int = 128,
+        image_size: int = 256,
         wrn_weights: str | None = "auto",
         vmamba_weights: str | None = "auto",
-        mmu_levels: Sequence[int] = (0, 1, 2),
-        bottleneck: str = "deepest",
-        decoder_blocks: Sequence[int] = (3, 4, 6),
+        decoder_blocks: Sequence[int] = (2, 2, 2),
         decoder_width: int = 128,
-        mpa_stages: Sequence[int] = (1, 2),
-        mpa_zero_init: bool = True,
-        kr_weight: float = 1.0,
-        prp_weight: float = 1.0,
-        diversity_weight: float = 1.0,
-        prp_alpha: float = 1.0,
-        prp_beta: float = 1.0,
+        adapter_reduction: int = 4,
+        shared_decoder: bool = True,
+        detach_targets: bool = False,
+        prior_mse_weight: float = 0.02,
+        prior_cos_weight: float = 0.05,
+        prior_cosine: str = "similarity",
+        plain_mse_weight: float = 0.02,
+        diversity_weight: float = 0.5,
         tau_low: float = 0.75,
         tau_high: float = 0.30,
-        shallow_levels: Sequence[int] = (0, 1),
-        deep_levels: Sequence[int] = (2,),
-        diversity_per_pixel: bool = True,
+        diverse_levels: int = 1,
+        diversity_per_pixel: bool = False,
         sigma: float = 4.0,
-        align_corners: bool = False,
+        align_corners: bool = True,
         vmamba_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if image_size % 32 != 0 or image_size <= 0:
             raise ValueError(
-                f"PDD: image_size must be a positive multiple of 32 (the students' stride), got {image_size}"
+                f"PDD: image_size must be a positive multiple of 32 (the teachers' stride), got {image_size}"
             )
+        if len(decoder_blocks) != _NUM_LEVELS:
+            raise ValueError(f"PDD: decoder_blocks must have {_NUM_LEVELS} entries, got {list(decoder_blocks)}")
+        if prior_cosine not in PRIOR_COSINE:
+            raise ValueError(f"PDD: prior_cosine must be one of {PRIOR_COSINE}, got {prior_cosine!r}")
+        if not 0 <= diverse_levels <= _NUM_LEVELS:
+            raise ValueError(f"PDD: diverse_levels must be in [0, {_NUM_LEVELS}], got {diverse_levels}")
         self.image_size = int(image_size)
         self.wrn = build_wrn_teacher(wrn_weights)
         self.vmamba = build_vmamba_teacher(vmamba_weights, vmamba_chunk_size)
@@ -389,21 +320,27 @@ class PDD(nn.Module):
             "vmamba_tiny": str(self.vmamba.weights_description),
         }
         logger.info("PDD teachers: WRN50-2 %s; VMamba-Tiny %s", *self.teacher_weights.values())
-        self.ina = nn.ModuleList([InA(MAMBA_CHANNELS[k], RESNET_CHANNELS[k]) for k in range(_NUM_LEVELS)])
-        self.mmu = ManifoldUnification(mmu_levels)
-        self.student1 = PDDStudent(bottleneck, decoder_blocks, decoder_width)
-        self.student2 = PDDStudent(bottleneck, decoder_blocks, decoder_width)
-        self.mpa = MPA(mpa_stages, len(decoder_blocks), 2048, mpa_zero_init)
-        self.kr_weight, self.prp_weight, self.diversity_weight = (
-            float(kr_weight),
-            float(prp_weight),
-            float(diversity_weight),
+        # official up_dim_v_r1..r3 (InA targets of levels 1-3) and up_dim_v_r4 (the unified manifold)
+        self.target_adapters = nn.ModuleList(
+            [ChannelAdapter(MAMBA_CHANNELS[k], RESNET_CHANNELS[k], adapter_reduction) for k in range(_NUM_LEVELS)]
         )
-        self.prp_alpha, self.prp_beta = float(prp_alpha), float(prp_beta)
-        self.tau_low, self.tau_high = float(tau_low), float(tau_high)
-        self.shallow_levels = [int(k) for k in shallow_levels]
-        self.deep_levels = [int(k) for k in deep_levels]
-        self.diversity_per_pixel = bool(diversity_per_pixel)
+        self.unify_adapter = ChannelAdapter(MAMBA_CHANNELS[3], RESNET_CHANNELS[3], adapter_reduction)
+        self.mpa = ManifoldPriorAffine(RESNET_CHANNELS[3], (RESNET_CHANNELS[2], RESNET_CHANNELS[1]))
+        self.student = ReverseDistillationDecoder(RESNET_CHANNELS[3], decoder_blocks, decoder_width)
+        self.student_plain = (
+            self.student
+            if shared_decoder
+            else ReverseDistillationDecoder(RESNET_CHANNELS[3], decoder_blocks, decoder_width)
+        )
+        for module in (self.target_adapters, self.unify_adapter, self.mpa):
+            _init_like_official(module)
+        self.shared_decoder, self.detach_targets = bool(shared_decoder), bool(detach_targets)
+        if self.detach_targets:
+            self.target_adapters.requires_grad_(False)
+        self.prior_mse_weight, self.prior_cos_weight = float(prior_mse_weight), float(prior_cos_weight)
+        self.prior_cosine, self.plain_mse_weight = prior_cosine, float(plain_mse_weight)
+        self.diversity_weight, self.tau_low, self.tau_high = float(diversity_weight), float(tau_low), float(tau_high)
+        self.diverse_levels, self.diversity_per_pixel = int(diverse_levels), bool(diversity_per_pixel)
         self.align_corners = bool(align_corners)
         self.blur = GaussianBlur2d(sigma)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -412,61 +349,75 @@ class PDD(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ plumbing
     def train(self, mode: bool = True) -> PDD:
-        """Train the trainable parts; both teachers stay in eval mode (frozen running statistics)."""
+        """Train the trainable parts; both teachers (and fixed targets) stay in eval mode."""
         super().train(mode)
         self.wrn.train(False)
         self.vmamba.train(False)
+        if self.detach_targets:
+            self.target_adapters.train(False)
         return self
 
     @torch.jit.ignore
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters the optimiser updates (InA, MMU, MPA, both students; not the teachers)."""
+        """Parameters the optimiser updates (adapters, MPA, the student decoder(s); not the teachers)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def teacher_features(self, image: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Frozen teacher features ``(f_resnet[0..2], f_mamba[0..2])`` of a ``(B, 3, H, W)`` image in ``[0, 1]``."""
+        """Frozen teacher features ``(f_r[0..3], f_m[0..3])`` of a ``(B, 3, H, W)`` image in ``[0, 1]``."""
         if not torch.jit.is_scripting():
             image = _plain_tensor(image)
         with torch.no_grad():
             x = (image - self.mean) / self.std
-            f_r = self.wrn(x)[:3]  # layer1..3 (literal: TorchScript cannot read module globals)
+            f_r = self.wrn(x)
             f_m = self.vmamba(x)
         return f_r, f_m
 
     def features(self, image: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """``(f_b, Student 1 features, Student 2 features)``, each a list of 3 levels (shallow first)."""
+        """``(targets, Student 1 "prior" features, Student 2 "plain" features)``, 3 levels each, shallow first."""
         f_r, f_m = self.teacher_features(image)
-        f_b: list[Tensor] = []
-        for k, ina in enumerate(self.ina):
-            f_b.append(ina(f_m[k], f_r[k]))
-        f_t = self.mmu(f_m, f_r)
-        s1 = self.student1(f_t, None)
-        s2 = self.student2(f_t, self.mpa(f_t))
-        return f_b, s1, s2
+        targets: list[Tensor] = []
+        for k, adapter in enumerate(self.target_adapters):
+            t = _resize_to(adapter(f_m[k]), f_r[k]) + f_r[k]
+            targets.append(t.detach() if self.detach_targets else t)
+        unified = self.unify_adapter(f_m[3]) + f_r[3]
+        sizes = [[int(f_r[2].shape[-2]), int(f_r[2].shape[-1])], [int(f_r[1].shape[-2]), int(f_r[1].shape[-1])]]
+        p1, p2 = self.mpa(unified, sizes)
+        s_prior = self.student(unified, [None, p1, p2])
+        s_plain = self.student_plain(unified, None)
+        return targets, s_prior, s_plain
 
     # ---------------------------------------------------------------------------------------------------- API
     def forward(self, image: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in ``[0, 1]`` -> ``(B, 1, H, W)`` anomaly map (larger = more anomalous)."""
-        f_b, s1, s2 = self.features(image)
+        targets, s_prior, s_plain = self.features(image)
         size = [int(image.shape[-2]), int(image.shape[-1])]
-        amap = multiscale_anomaly_map(f_b, s1, size, "sum", self.align_corners)
-        amap = self.blur(amap + multiscale_anomaly_map(f_b, s2, size, "sum", self.align_corners))
+        amap = multiscale_anomaly_map(s_prior, targets, size, "sum", self.align_corners)
+        amap = self.blur(amap + multiscale_anomaly_map(s_plain, targets, size, "sum", self.align_corners))
         if not torch.jit.is_scripting():
             amap = _like_input(amap, image)
         return amap
 
     @torch.jit.ignore
-    def losses(self, f_b: list[Tensor], s1: list[Tensor], s2: list[Tensor]) -> dict[str, Tensor]:
-        """The loss terms and their weighted total (``"loss"``)."""
-        kr = squared_error_loss(s1, f_b)
-        prp = mse_cosine_loss(s2, f_b, self.prp_alpha, self.prp_beta)
+    def losses(self, targets: list[Tensor], s_prior: list[Tensor], s_plain: list[Tensor]) -> dict[str, Tensor]:
+        """The official loss terms (``layerloss == 4``) and their total (``"loss"``)."""
+        cos = level_cosine(s_prior, targets)
+        if self.prior_cosine == "distance":
+            cos = len(targets) - cos  # sum over levels of (1 - cos)
+        prior = self.prior_mse_weight * level_mse(s_prior, targets) + self.prior_cos_weight * cos
+        plain = self.plain_mse_weight * level_mse(targets, s_plain)
         div = diversity_loss(
-            s1, s2, self.shallow_levels, self.deep_levels, self.tau_low, self.tau_high, self.diversity_per_pixel
+            s_prior,
+            s_plain,
+            shallow_levels=tuple(range(self.diverse_levels)),
+            deep_levels=tuple(range(self.diverse_levels, _NUM_LEVELS)),
+            tau_low=self.tau_low,
+            tau_high=self.tau_high,
+            per_pixel=self.diversity_per_pixel,
         )
-        loss = self.kr_weight * kr + self.prp_weight * prp + self.diversity_weight * div
-        return {"loss": loss, "kr": kr.detach(), "prp": prp.detach(), "div": div.detach()}
+        loss = prior + plain + self.diversity_weight * div
+        return {"loss": loss, "prior": prior.detach(), "plain": plain.detach(), "div": div.detach()}
 
     @torch.jit.ignore
     def training_step(self, image: Tensor) -> dict[str, Tensor]:
-        """One training step's losses: ``{"loss", "kr", "prp", "div"}`` (``loss`` carries the gradient)."""
+        """One training step's losses: ``{"loss", "prior", "plain", "div"}`` (``loss`` carries the gradient)."""
         return self.losses(*self.features(image))

@@ -126,7 +126,7 @@ def load_wide_resnet50_2_state_dict(weights: str | None) -> tuple[dict[str, Tens
 
 
 class WideResNetTeacher(nn.Module):
-    """Frozen WideResNet50-2 feature extractor returning ``[layer1, layer2, layer3, layer4]``.
+    """Frozen WideResNet50-2 feature extractor returning ``[layer1, ..., layer<num_layers>]``.
 
     Channels ``(256, 512, 1024, 2048)`` at strides ``(4, 8, 16, 32)`` (at 128 px: 32, 16, 8, 4 pixels).
     Parameters have ``requires_grad=False`` and the module stays in eval mode (BatchNorm running statistics) even
@@ -137,13 +137,19 @@ class WideResNetTeacher(nn.Module):
             :func:`load_wide_resnet50_2_state_dict`.
         normalize: apply ImageNet mean/std normalisation to inputs in ``[0, 1]`` inside the module. D²4FAD feeds
             ``[0, 1]`` images without normalisation (its ``transforms.Normalize`` is commented out), PDD uses it.
+        num_layers: how many stages ``forward`` computes and returns (4: D²4FAD feeds ``layer4`` to its student; 3:
+            PDD and RD-style targets use ``layer1..3``, and ``layer4``, a fifth of the forward's arithmetic, is
+            skipped). ``layer4``'s weights stay in the module so that state dicts keep one layout.
     """
 
     out_channels: tuple[int, int, int, int] = (256, 512, 1024, 2048)
     strides: tuple[int, int, int, int] = (4, 8, 16, 32)
 
-    def __init__(self, weights: str | None = "imagenet", normalize: bool = False) -> None:
+    def __init__(self, weights: str | None = "imagenet", normalize: bool = False, num_layers: int = 4) -> None:
         super().__init__()
+        if num_layers not in (1, 2, 3, 4):
+            raise ValueError(f"WideResNetTeacher: num_layers must be 1..4, got {num_layers}")
+        self.num_layers = int(num_layers)
         state_dict, description = load_wide_resnet50_2_state_dict(weights)
         net = wide_resnet50_2(weights=None)
         if state_dict is not None:
@@ -182,8 +188,14 @@ class WideResNetTeacher(nn.Module):
         if self.normalize:
             x = (x - self.mean) / self.std
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        f1 = self.layer1(x)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = self.layer4(f3)
-        return [f1, f2, f3, f4]
+        x = self.layer1(x)
+        feats = [x]
+        if self.num_layers > 1:
+            x = self.layer2(x)
+            feats.append(x)
+        if self.num_layers > 2:
+            x = self.layer3(x)
+            feats.append(x)
+        if self.num_layers > 3:
+            feats.append(self.layer4(x))
+        return feats

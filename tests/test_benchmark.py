@@ -189,7 +189,9 @@ def test_baselines_are_fitted_once_per_data_and_resume_reruns_nothing(tmp_path, 
     fake.calls.clear()
     run_benchmark(out, bundles="ddad,pdd", domains="fundus", seeds=0, rd_epochs=2, resume=True)
     assert fake.calls == []
-    assert (out / "results.md").read_text().split("Total wall-clock")[0] == report.split("Total wall-clock")[0]
+    resumed = (out / "results.md").read_text()
+    assert resumed.split("Total wall-clock")[0] == report.split("Total wall-clock")[0]
+    assert "6 of 6 results taken from an earlier run with --resume" in resumed.splitlines()[-1]
 
     # another setting is another run: a changed spec is rerun even with --resume
     run_benchmark(out, bundles="pdd", domains="fundus", seeds=0, rd_epochs=3, resume=True)
@@ -238,3 +240,20 @@ def test_the_chart_has_one_panel_per_bundle(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(one) as a, Image.open(three) as b:
         assert a.width == b.width and b.height > 2.5 * a.height
+
+
+def test_a_cell_that_raises_fails_alone(tmp_path, monkeypatch):
+    fake = FakeLaunch()
+    monkeypatch.setattr(benchmark, "launch_method", fake)
+    real = benchmark.baseline_key_material
+
+    def unreadable(spec: dict) -> dict:
+        if Path(spec["configs"]).parent.name == "ddad":
+            raise OSError("dataset unreadable")
+        return real(spec)
+
+    monkeypatch.setattr(benchmark, "baseline_key_material", unreadable)
+    with pytest.raises(RuntimeError) as err:
+        run_benchmark(tmp_path, bundles="ddad,pdd", domains="fundus")
+    assert str(err.value).count("ddad on demo:fundus, seed 0") == 3 and "pdd" not in str(err.value)
+    assert fake.calls[0] == ("pdd", "bundle") and len(fake.calls) == 3

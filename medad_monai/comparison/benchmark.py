@@ -99,28 +99,30 @@ def cell_spec(cell: BenchmarkCell, domains: Sequence[str], **settings: Any) -> d
 def _baseline_record(
     method: str,
     spec: dict[str, Any],
+    material: dict[str, Any],
     out: Path,
     resume: bool,
-    fitted: dict[tuple[str, str], dict[str, Any] | None],
-) -> tuple[dict[str, Any] | None, str]:
-    """The record of baseline ``method`` for ``spec``: from this run's ``fitted`` runs, from ``out/baselines/<key>/``
-    with ``resume``, else fitted now (in its own process) and kept there. Returns it (``None``: failed) and the key."""
-    material = baseline_key_material(spec)
+    fitted: dict[tuple[str, str], tuple[dict[str, Any] | None, bool]],
+) -> tuple[dict[str, Any] | None, bool]:
+    """The record of baseline ``method`` for ``spec`` (key ``material``): from this run's ``fitted`` runs, from
+    ``out/baselines/<key>/`` with ``resume``, else fitted now (in its own process) and kept there. Returns it
+    (``None``: failed) and whether it comes from an earlier run."""
     key = baseline_key(material)
     if (key, method) in fitted:
         logger.info("benchmark: %s: reusing baseline %s", method, key)
-        return fitted[key, method], key
+        return fitted[key, method]
     folder = out / "baselines" / key
     result = folder / f"{method}.json"
-    if resume and result.is_file():
+    earlier = resume and result.is_file()
+    if earlier:
         logger.info("benchmark: %s: reusing baseline %s (--resume)", method, key)
         record = json.loads(result.read_text())
     else:
         atomic_write_json(material, folder / "key.json")
         atomic_write_json(spec, folder / "spec.json")
         record = launch_method(folder / "spec.json", method, result)
-    fitted[key, method] = record
-    return record, key
+    fitted[key, method] = record, earlier
+    return record, earlier
 
 
 def _run_cell(
@@ -128,10 +130,11 @@ def _run_cell(
     spec: dict[str, Any],
     out: Path,
     resume: bool,
-    fitted: dict[tuple[str, str], dict[str, Any] | None],
-) -> tuple[dict[str, dict[str, Any]], str | None]:
+    fitted: dict[tuple[str, str], tuple[dict[str, Any] | None, bool]],
+) -> tuple[dict[str, dict[str, Any]], str, list[str]]:
     """Run (or, with ``resume``, reuse) the bundle and the baselines of ``cell``; write its comparison report.
-    Returns the records of the methods that finished and the baseline key."""
+    Returns the records of the methods that finished, the baseline key and the methods taken from an earlier run."""
+    material = baseline_key_material(spec)  # lists the data: a cell whose data cannot be read fails here, at once
     folder = cell.folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     spec_file = folder / "spec.json"
@@ -141,26 +144,23 @@ def _run_cell(
         atomic_write_json(spec, spec_file)
     records: dict[str, dict[str, Any]] = {}
     result = folder / f"{BUNDLE}.json"
-    if same and result.is_file():
+    resumed = [BUNDLE] if same and result.is_file() else []
+    if resumed:
         logger.info("benchmark: %s: reusing the bundle's result (--resume)", cell.name)
         record = json.loads(result.read_text())
     else:
         record = launch_method(spec_file, BUNDLE, result)
     if record is not None:
         records[BUNDLE] = record
-    key = None
     for method in BASELINES:
-        try:
-            record, key = _baseline_record(method, spec, out, resume, fitted)
-        except Exception:
-            logger.exception("benchmark: %s: %s failed", cell.name, method)
-            record = None
+        record, earlier = _baseline_record(method, spec, material, out, resume, fitted)
+        resumed += [method] if earlier else []
         if record is not None:
             records[method] = record
             atomic_write_json(record, folder / f"{method}.json")
     if records:
         write_report(folder, [records[m] for m in DEFAULT_METHODS if m in records], spec)
-    return records, key
+    return records, baseline_key(material), resumed
 
 
 def run_benchmark(
@@ -218,17 +218,18 @@ def run_benchmark(
     remove_reports(out_dir, BENCHMARK_REPORTS)  # an earlier report must not pass for this run's
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     cells = [BenchmarkCell(b, d, s) for b in bundle_names for d in domain_names for s in seed_list]
-    fitted: dict[tuple[str, str], dict[str, Any] | None] = {}
+    fitted: dict[tuple[str, str], tuple[dict[str, Any] | None, bool]] = {}
     rows: list[dict[str, Any]] = []
     for i, cell in enumerate(cells, 1):
         elapsed = format_duration(time.perf_counter() - clock)
         logger.info("benchmark: [%d/%d] %s (%s elapsed)", i, len(cells), cell.name, elapsed)
         try:
-            records, key = _run_cell(cell, cell_spec(cell, domain_names, **settings), out_dir, resume, fitted)
+            spec = cell_spec(cell, domain_names, **settings)
+            records, key, resumed = _run_cell(cell, spec, out_dir, resume, fitted)
         except Exception:
             logger.exception("benchmark: %s failed", cell.name)
-            records, key = {}, None
-        rows += long_rows(cell.bundle, cell.domain, cell.seed, records, key)
+            records, key, resumed = {}, None, []
+        rows += long_rows(cell.bundle, cell.domain, cell.seed, records, key, resumed)
     wall = time.perf_counter() - clock
     failed = write_benchmark_report(out_dir, rows, bundle_names, domain_names, seed_list, settings, wall, started)
     if failed:

@@ -64,6 +64,7 @@ CSV_KEYS: tuple[str, ...] = (
     "peak_rss_mb",
     "cuda_peak_mb",
     "baseline_key",
+    "resumed",
 )
 MEAN = "mean"
 FAILED = "failed"
@@ -75,10 +76,15 @@ def cell_name(bundle: str, domain: str, seed: int) -> str:
 
 
 def long_rows(
-    bundle: str, domain: str, seed: int, records: dict[str, dict[str, Any]], key: str | None
+    bundle: str,
+    domain: str,
+    seed: int,
+    records: dict[str, dict[str, Any]],
+    key: str | None,
+    resumed: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """One row per method of a cell: the summary of its record or ``status: failed`` (no record); the baselines'
-    rows carry their cache ``key``."""
+    rows carry their cache ``key``; ``resumed`` marks the methods whose record an earlier run (``--resume``) made."""
     rows = []
     for method in DEFAULT_METHODS:
         row: dict[str, Any] = {"bundle": bundle, "domain": domain, "seed": seed, "method": method}
@@ -88,6 +94,7 @@ def long_rows(
         else:
             row.update(summarize(record), status="ok", setting=record["data"]["setting"])
         row["baseline_key"] = key if method in BASELINES else None
+        row["resumed"] = method in resumed
         rows.append(row)
     return rows
 
@@ -204,7 +211,9 @@ def format_benchmark(
     if failed:
         lines += ["", "Failed (marked `failed` above; their logs are in the command's output):"]
         lines += [f"- {_run_name(r)}" for r in failed]
-    lines += ["", f"Total wall-clock time: {format_duration(wall_seconds)}."]
+    reused = sum(bool(r.get("resumed")) for r in rows)
+    note = f" (this run; {reused} of {len(rows)} results taken from an earlier run with --resume)" if reused else ""
+    lines += ["", f"Total wall-clock time: {format_duration(wall_seconds)}{note}."]
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medad_monai.comparison.baselines import BASELINES
-from medad_monai.comparison.runner import DEFAULT_METHODS, anomalib_version, summarize
+from medad_monai.comparison.runner import DEFAULT_METHODS, anomalib_version, format_csv, summarize
 from medad_monai.comparison.worker import BUNDLE
 from medad_monai.io import atomic_write_json, atomic_write_text
 from medad_monai.provenance import provenance
@@ -248,8 +248,7 @@ def write_benchmark_report(
     of the failed runs."""
     failed = [_run_name(r) for r in rows if r["status"] != "ok"]
     atomic_write_text(format_benchmark(rows, bundles, domains, seeds, settings, wall_seconds), out / "results.md")
-    csv = [",".join(CSV_KEYS)] + [",".join("" if r.get(k) is None else str(r[k]) for k in CSV_KEYS) for r in rows]
-    atomic_write_text("\n".join(csv) + "\n", out / "results.csv")
+    atomic_write_text(format_csv(rows, CSV_KEYS), out / "results.csv")
     record = {
         "rows": rows,
         "settings": {**settings, "bundles": list(bundles), "domains": list(domains), "seeds": list(seeds)},

@@ -40,6 +40,7 @@ __all__ = [
     "bundle_overrides",
     "compare_with_anomalib",
     "comparison_spec",
+    "format_csv",
     "format_results",
     "launch_method",
     "remove_reports",
@@ -199,6 +200,12 @@ def remove_reports(out: Path, names: Sequence[str] = REPORT_FILES) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def format_csv(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
+    """CSV text: a header of ``keys``, then one line per row (a missing or ``None`` value is empty)."""
+    lines = [",".join(keys)] + [",".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def compare_with_anomalib(
     bundle: str | os.PathLike,
     out: str | os.PathLike,
@@ -301,8 +308,7 @@ def write_report(out: Path, records: list[dict[str, Any]], spec: dict[str, Any])
     atomic_write_text(text, out / "results.md")
     keys = ["method", "auroc", "ap", "f1_max", "sensitivity", "specificity", "pixel_auroc", "fit_seconds", "latency_ms"]
     keys += ["peak_rss_mb", "cuda_peak_mb"]
-    csv = [",".join(keys)] + [",".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
-    atomic_write_text("\n".join(csv) + "\n", out / "results.csv")
+    atomic_write_text(format_csv(rows, keys), out / "results.csv")
     atomic_write_json(
         {"rows": rows, "spec": spec, "provenance": provenance(spec["seed"], anomalib=anomalib_version())},
         out / "results.json",

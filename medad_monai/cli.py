@@ -1,4 +1,5 @@
-"""The ``medad-monai`` command (python-fire): demo data, the D²4FAD grid, the anomalib comparison, versions."""
+"""The ``medad-monai`` command (python-fire): demo data, the D²4FAD grid, the anomalib comparison and benchmark,
+versions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from medad_monai.data.demo import DEMO_DOMAINS, generate_demo_data
 from medad_monai.provenance import provenance
 
 __all__ = ["main"]
+
+_DEMO_DOMAIN_LIST = ",".join(DEMO_DOMAINS)
 
 
 class Commands:
@@ -129,6 +132,52 @@ class Commands:
             threads=threads,
         )
         print(Path(out, "results.md").read_text())
+
+    def benchmark(
+        self,
+        out: str = "runs/benchmark",
+        bundles: str | list[str] = "ddad,d24fad,pdd",
+        domains: str | list[str] = _DEMO_DOMAIN_LIST,
+        seeds: str | int | list[int] = 0,
+        rd_epochs: int = 20,
+        teacher_weights: str = "random",
+        batch_size: int = 8,
+        threads: int = 0,
+        device: str = "cpu",
+        resume: bool = False,
+    ) -> None:
+        """The accuracy table: every bundle (at its defaults), anomalib's RD and PatchCore on every demo domain.
+
+        One compare-anomalib cell per bundle, domain and seed in ``out/<bundle>/<domain>/seed<k>/`` (D²4FAD
+        leave-one-domain-out: trained on the other domains, K normals of the target); each baseline is fitted once
+        and shared by the cells with the same data (``out/baselines/``). ``out`` gets results.md (one table per
+        bundle: image AUROC, AP, pixel AUROC, fit s, ms/image per method and domain, a mean row; mean ± std over
+        ``--seeds 0,1,2``), results.csv, results.json and benchmark.png. ``--resume`` keeps the cells and baselines
+        an earlier run in ``out`` finished with the same settings. Exits non-zero if a run failed (named in the
+        report). Needs ``pip install -e '.[anomalib]'``.
+        """
+        import logging
+
+        from medad_monai.comparison.benchmark import run_benchmark
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+        try:
+            run_benchmark(
+                out,
+                bundles=bundles,
+                domains=domains,
+                seeds=seeds,
+                rd_epochs=rd_epochs,
+                teacher_weights=teacher_weights,
+                batch_size=batch_size,
+                device=device,
+                threads=threads,
+                resume=resume,
+            )
+        finally:  # the table also when a run failed (marked there), before the error
+            report = Path(out, "results.md")
+            if report.is_file():
+                print(report.read_text())
 
     def versions(self) -> None:
         """Print the package versions and platform that results are recorded with."""

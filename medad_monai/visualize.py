@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from medad_monai.io import atomic_savefig  # noqa: E402
 from medad_monai.metrics.ranking import roc_auc, roc_curve  # noqa: E402
 
-__all__ = ["overlay_rgb", "plot_roc_curves", "plot_score_histograms"]
+__all__ = ["overlay_rgb", "plot_grouped_bars", "plot_roc_curves", "plot_score_histograms"]
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
@@ -57,6 +57,37 @@ def plot_score_histograms(
             ax.axvline((threshold - lo) / (hi - lo), color="black", linestyle="--", linewidth=1, label="threshold")
         ax.set(xlabel=f"{name} (normalised)", ylabel="density")
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_grouped_bars(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float] | None]]],
+    groups: Sequence[str],
+    path: str | os.PathLike,
+    ylabel: str = "",
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """One panel per entry of ``panels`` (titled by its key, stacked vertically), each a grouped bar chart: for each
+    of ``groups`` one bar per series, ``{series: (heights, errors or None)}``. Errors draw error bars; a NaN
+    height (e.g. a failed run) leaves its bar out and writes "n/a" in its place."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.4 * len(groups)), 3.2 * len(panels)), squeeze=False)
+    x = np.arange(len(groups))
+    for ax, (title, series) in zip(axes[:, 0], panels.items()):
+        width = 0.8 / max(1, len(series))
+        for i, (name, (heights, errors)) in enumerate(series.items()):
+            offset = (i - (len(series) - 1) / 2) * width
+            yerr = None if errors is None else np.nan_to_num(np.asarray(errors, dtype=np.float64))
+            heights = np.asarray(heights, dtype=np.float64)
+            ax.bar(x + offset, heights, width, yerr=yerr, capsize=3, label=name)
+            for position in x[np.isnan(heights)] + offset:  # a missing bar says so
+                ax.annotate("n/a", (position, 0), xytext=(0, 3), textcoords="offset points", ha="center", rotation=90)
+        ax.set_xticks(x, list(groups))
+        ax.set(title=title, ylabel=ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return _save(fig, path)
 

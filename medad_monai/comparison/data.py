@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,14 @@ from monai.transforms import Compose, EnsureTyped, Resized
 from medad_monai.handlers.support import calibration_holdout, select_support, support_datalist
 from medad_monai.transforms import ChannelPolicyd, IntensityPolicyd, LoadAnomalyImaged
 
-__all__ = ["ComparisonData", "baseline_preprocessing", "comparison_data", "load_batch", "load_masks"]
+__all__ = [
+    "ComparisonData",
+    "baseline_preprocessing",
+    "bundle_parser",
+    "comparison_data",
+    "load_batch",
+    "load_masks",
+]
 
 
 @dataclass
@@ -60,6 +68,15 @@ class ComparisonData:
             "threshold_quantile": self.quantile,
             "intensity_policy": self.intensity_policy,
         }
+
+
+def bundle_parser(configs: Path, overrides: Mapping[str, Any]) -> ConfigParser:
+    """A parser holding the bundle's ``train.json`` + ``evaluate.json`` from its ``configs`` folder, with the
+    comparison's ``overrides`` applied (what :func:`comparison_data` reads)."""
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "evaluate.json")])
+    parser.update(dict(overrides))
+    return parser
 
 
 def comparison_data(parser: ConfigParser) -> ComparisonData:

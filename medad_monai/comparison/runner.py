@@ -32,7 +32,21 @@ from medad_monai.metrics.ranking import average_precision, f1_max, roc_auc
 from medad_monai.provenance import provenance
 from medad_monai.visualize import plot_roc_curves, plot_score_histograms
 
-__all__ = ["DEFAULT_METHODS", "bundle_overrides", "compare_with_anomalib", "format_results", "summarize"]
+__all__ = [
+    "BUNDLE_NAMES",
+    "DEFAULT_METHODS",
+    "REPORT_FILES",
+    "anomalib_version",
+    "bundle_overrides",
+    "compare_with_anomalib",
+    "comparison_spec",
+    "format_csv",
+    "format_results",
+    "launch_method",
+    "remove_reports",
+    "summarize",
+    "write_report",
+]
 
 logger = logging.getLogger("medad_monai")
 
@@ -135,6 +149,63 @@ def format_results(rows: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison_spec(
+    bundle: str | os.PathLike,
+    dataset: str | None = None,
+    image_size: int | None = None,
+    epochs: int | None = None,
+    rd_epochs: int = 20,
+    teacher_weights: str = "random",
+    batch_size: int = 8,
+    coreset_sampling_ratio: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int = 0,
+    timing_repeats: int = 10,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON spec every method of one comparison reads (``python -m medad_monai.comparison SPEC ...``): the
+    bundle's ``configs/`` folder, its overrides (:func:`bundle_overrides`) and the shared settings (see
+    :func:`compare_with_anomalib` for the arguments)."""
+    configs = _configs_dir(bundle)
+    config = json.loads((configs / "train.json").read_text())
+    return {
+        "configs": str(configs),
+        "overrides": bundle_overrides(config, dataset, image_size, epochs, teacher_weights, seed, overrides),
+        "teacher_weights": teacher_weights,
+        "rd_epochs": int(rd_epochs),
+        "batch_size": int(batch_size),
+        "coreset_sampling_ratio": float(coreset_sampling_ratio),
+        "seed": int(seed),
+        "device": str(device),
+        "threads": int(threads),
+        "timing_repeats": int(timing_repeats),
+    }
+
+
+def launch_method(spec_file: Path, method: str, result: Path) -> dict[str, Any] | None:
+    """Fit and test ``method`` in its own process (:mod:`~medad_monai.comparison.worker`) on the spec in
+    ``spec_file``; returns its record (also in ``result``), or ``None`` when it failed (its log is on stderr)."""
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "medad_monai.comparison", str(spec_file), method, str(result)]
+    if subprocess.run(cmd, check=False).returncode != 0 or not result.is_file():
+        logger.error("comparison: %s failed (its log is above)", method)
+        return None
+    return json.loads(result.read_text())
+
+
+def remove_reports(out: Path, names: Sequence[str] = REPORT_FILES) -> None:
+    """Delete the report files ``names`` of an earlier run in ``out``, so that they never pass for this run's."""
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+
+
+def format_csv(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
+    """CSV text: a header of ``keys``, then one line per row (a missing or ``None`` value is empty)."""
+    lines = [",".join(keys)] + [",".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def compare_with_anomalib(
     bundle: str | os.PathLike,
     out: str | os.PathLike,
@@ -177,53 +248,54 @@ def compare_with_anomalib(
     unknown = [m for m in methods if m not in DEFAULT_METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown}; choose from {DEFAULT_METHODS}")
-    configs = _configs_dir(bundle)
-    config = json.loads((configs / "train.json").read_text())
+    spec = comparison_spec(
+        bundle,
+        dataset=dataset,
+        image_size=image_size,
+        epochs=epochs,
+        rd_epochs=rd_epochs,
+        teacher_weights=teacher_weights,
+        batch_size=batch_size,
+        coreset_sampling_ratio=coreset_sampling_ratio,
+        seed=seed,
+        device=device,
+        threads=threads,
+        timing_repeats=timing_repeats,
+        overrides=overrides,
+    )
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "configs": str(configs),
-        "overrides": bundle_overrides(config, dataset, image_size, epochs, teacher_weights, seed, overrides),
-        "teacher_weights": teacher_weights,
-        "rd_epochs": int(rd_epochs),
-        "batch_size": int(batch_size),
-        "coreset_sampling_ratio": float(coreset_sampling_ratio),
-        "seed": int(seed),
-        "device": str(device),
-        "threads": int(threads),
-        "timing_repeats": int(timing_repeats),
-    }
     atomic_write_json(spec, out_dir / "spec.json")
-    for stale in REPORT_FILES:  # a report of an earlier run in the same folder must not pass for this one's
-        (out_dir / stale).unlink(missing_ok=True)
+    remove_reports(out_dir)  # a report of an earlier run in the same folder must not pass for this one's
     records, failed = [], []
     for method in methods:
-        result = out_dir / f"{method}.json"
-        result.unlink(missing_ok=True)
         logger.info("compare-anomalib: %s", method)
-        cmd = [sys.executable, "-m", "medad_monai.comparison", str(out_dir / "spec.json"), method, str(result)]
-        if subprocess.run(cmd, check=False).returncode != 0 or not result.is_file():
-            logger.error("compare-anomalib: %s failed (its log is above)", method)
+        record = launch_method(out_dir / "spec.json", method, out_dir / f"{method}.json")
+        if record is None:
             failed.append(method)
-            continue
-        records.append(json.loads(result.read_text()))
-    rows = [summarize(r) for r in records]
-    if rows:
-        _write_report(out_dir, rows, records, spec, Path(configs).parent.name)
+        else:
+            records.append(record)
+    rows = write_report(out_dir, records, spec) if records else []
     if failed:
         raise RuntimeError(f"compare-anomalib: {', '.join(failed)} failed; the report in {out_dir} lacks them")
     return rows
 
 
-def _write_report(
-    out: Path, rows: list[dict[str, Any]], records: list[dict[str, Any]], spec: dict[str, Any], name: str
-) -> None:
+def anomalib_version() -> str | None:
+    """The installed anomalib's version (``None`` without anomalib)."""
+    try:
+        return metadata.version("anomalib")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def write_report(out: Path, records: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Write one comparison's ``results.md/.csv/.json``, ``roc.png`` and ``score_histograms.png`` in ``out`` from
+    its methods' ``records`` (all on the same test split); returns their summary rows (:func:`summarize`)."""
+    rows = [summarize(r) for r in records]
+    name = Path(spec["configs"]).parent.name
     data = records[0]["data"]
     title = f"{name} vs anomalib on {data['dataset']} ({data['setting']}, {data['image_size']} px)"
-    try:
-        anomalib_version = metadata.version("anomalib")
-    except metadata.PackageNotFoundError:
-        anomalib_version = None
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     text = format_results(rows, title)
     text += (
@@ -236,13 +308,13 @@ def _write_report(
     atomic_write_text(text, out / "results.md")
     keys = ["method", "auroc", "ap", "f1_max", "sensitivity", "specificity", "pixel_auroc", "fit_seconds", "latency_ms"]
     keys += ["peak_rss_mb", "cuda_peak_mb"]
-    csv = [",".join(keys)] + [",".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
-    atomic_write_text("\n".join(csv) + "\n", out / "results.csv")
+    atomic_write_text(format_csv(rows, keys), out / "results.csv")
     atomic_write_json(
-        {"rows": rows, "spec": spec, "provenance": provenance(spec["seed"], anomalib=anomalib_version)},
+        {"rows": rows, "spec": spec, "provenance": provenance(spec["seed"], anomalib=anomalib_version())},
         out / "results.json",
     )
     labels = np.asarray(records[0]["labels"])
     scores = {r["method"]: np.asarray(r["scores"]) for r in records}
     plot_roc_curves(scores, labels, out / "roc.png", title=title)
     plot_score_histograms(scores, labels, out / "score_histograms.png")
+    return rows

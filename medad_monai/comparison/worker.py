@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -30,6 +30,7 @@ from medad_monai.comparison.baselines import BASELINES, build_baseline, fit_patc
 from medad_monai.comparison.data import (
     ComparisonData,
     baseline_preprocessing,
+    bundle_parser,
     comparison_data,
     load_batch,
     load_masks,
@@ -47,13 +48,6 @@ logger = logging.getLogger("medad_monai")
 BUNDLE = "bundle"
 # preprocessed images (B, C, S, S) -> (anomaly maps (B, 1, S, S), image scores (B,)), both on the CPU
 Scorer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _parser(configs: Path, overrides: dict[str, Any]) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(configs / "train.json"), str(configs / "evaluate.json")])
-    parser.update(overrides)
-    return parser
 
 
 def _score_all(score: Scorer, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -139,7 +133,7 @@ def run_method(spec: dict[str, Any], method: str, out: Path) -> dict[str, Any]:
     split; returns the result record (see the module docstring)."""
     device = torch.device(spec["device"])
     seed_everything(int(spec["seed"]))
-    parser = _parser(Path(spec["configs"]), spec["overrides"])
+    parser = bundle_parser(Path(spec["configs"]), spec["overrides"])
     data = comparison_data(parser)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

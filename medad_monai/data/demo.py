@@ -301,7 +301,13 @@ def _lesion_mask(rng: np.random.Generator, n: int, region: np.ndarray, r_min: fl
 
 
 def _blend(
-    rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, target: float, strength: float, blur: float = 1.0
+    rng: np.random.Generator,
+    img: np.ndarray,
+    mask: np.ndarray,
+    target: float,
+    strength: float,
+    blur: float = 1.0,
+    texture: float = 0.12,
 ) -> np.ndarray:
     """Pull the intensity inside ``mask`` towards a tissue-like ``target`` (with its own texture), by ``strength``.
 
@@ -309,8 +315,8 @@ def _blend(
     method must know *where* an intensity is normal, not only *which* intensities are.
     """
     soft = ndimage.gaussian_filter(mask.astype(np.float32), blur) * strength
-    texture = target * (1.0 + 0.12 * _smooth_noise(rng, img.shape[0], 1.5))
-    return img + soft * (texture - img)
+    tissue = target * (1.0 + texture * _smooth_noise(rng, img.shape[0], 1.5))
+    return img + soft * (tissue - img)
 
 
 def _mass_effect(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, strength: float) -> np.ndarray:
@@ -327,34 +333,34 @@ def _mass_effect(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, st
 
 def _brain_lesion(rng: np.random.Generator, img: np.ndarray, organ: np.ndarray, t: Tissue) -> Lesioned:
     n = img.shape[0]
-    kind = rng.choice(["tumour", "white_matter", "haemorrhage"], p=[0.4, 0.35, 0.25])
-    if kind == "tumour":  # space-occupying, oedema halo at CSF-like brightness, heterogeneous core
-        core = _lesion_mask(rng, n, organ, 0.06, 0.12)
-        img = _mass_effect(rng, img, core, rng.uniform(0.15, 0.35))
-        halo = ndimage.binary_dilation(core, iterations=int(rng.integers(2, 5))) & organ
-        img = _blend(rng, img, halo, t["csf"] * rng.uniform(0.8, 0.95), rng.uniform(0.4, 0.7), 1.5)
-        img = _blend(rng, img, core, rng.uniform(t["wm"], t["csf"]), rng.uniform(0.5, 0.9))
+    kind = rng.choice(["tumour", "white_matter", "haemorrhage"], p=[0.5, 0.3, 0.2])
+    if kind == "tumour":  # space-occupying, CSF-bright oedema halo, heterogeneous core
+        core = _lesion_mask(rng, n, organ, 0.08, 0.16)
+        img = _mass_effect(rng, img, core, rng.uniform(0.2, 0.4))
+        halo = ndimage.binary_dilation(core, iterations=int(rng.integers(3, 7))) & organ
+        img = _blend(rng, img, halo, t["csf"] * rng.uniform(0.85, 1.0), rng.uniform(0.6, 0.9), 1.5)
+        img = _blend(rng, img, core, rng.uniform(t["wm"], t["gm"]), rng.uniform(0.7, 0.95), texture=0.3)
         return img, halo
-    if kind == "white_matter":  # one to three plaques, grey-matter-like brightness in white matter
+    if kind == "white_matter":  # two to four plaques, CSF-like brightness inside darker white matter
         mask = np.zeros((n, n), bool)
-        for _ in range(rng.integers(1, 4)):
-            m = _lesion_mask(rng, n, organ, 0.04, 0.09)
-            img = _blend(rng, img, m, rng.uniform(t["gm"], t["csf"]), rng.uniform(0.5, 0.9))
+        for _ in range(rng.integers(2, 5)):
+            m = _lesion_mask(rng, n, organ, 0.05, 0.1)
+            img = _blend(rng, img, m, t["csf"] * rng.uniform(0.85, 1.0), rng.uniform(0.7, 1.0))
             mask |= m
         return img, mask
-    m = _lesion_mask(rng, n, organ, 0.05, 0.11)  # T2-dark blood products
-    return _blend(rng, img, m, rng.uniform(0.08, 0.2), rng.uniform(0.5, 0.85)), m
+    m = _lesion_mask(rng, n, organ, 0.06, 0.12)  # T2-dark blood products
+    return _blend(rng, img, m, rng.uniform(0.05, 0.15), rng.uniform(0.7, 0.95), texture=0.25), m
 
 
 def _head_ct_lesion(rng: np.random.Generator, img: np.ndarray, organ: np.ndarray, t: Tissue) -> Lesioned:
     n = img.shape[0]
     if rng.random() < 0.55:  # hyperdense haemorrhage, below bone density, often with mass effect
-        m = _lesion_mask(rng, n, organ, 0.05, 0.12)
+        m = _lesion_mask(rng, n, organ, 0.06, 0.14)
         if rng.random() < 0.6:
-            img = _mass_effect(rng, img, m, rng.uniform(0.1, 0.3))
-        return _blend(rng, img, m, t["brain"] + rng.uniform(0.12, 0.25), rng.uniform(0.6, 0.95)), m
-    m = _lesion_mask(rng, n, organ, 0.07, 0.15)  # hypodense infarct: subtle
-    return _blend(rng, img, m, t["brain"] - rng.uniform(0.08, 0.18), rng.uniform(0.6, 0.95), 2.0), m
+            img = _mass_effect(rng, img, m, rng.uniform(0.15, 0.35))
+        return _blend(rng, img, m, t["brain"] + rng.uniform(0.15, 0.3), rng.uniform(0.7, 0.95)), m
+    m = _lesion_mask(rng, n, organ, 0.08, 0.16)  # hypodense infarct
+    return _blend(rng, img, m, t["brain"] - rng.uniform(0.1, 0.2), rng.uniform(0.7, 1.0), 2.0), m
 
 
 def _chest_lesion(rng: np.random.Generator, img: np.ndarray, organ: np.ndarray, t: Tissue) -> Lesioned:
@@ -362,22 +368,22 @@ def _chest_lesion(rng: np.random.Generator, img: np.ndarray, organ: np.ndarray, 
     if rng.random() < 0.5:  # one to three nodules, soft-tissue density
         mask = np.zeros((n, n), bool)
         for _ in range(rng.integers(1, 4)):
-            m = _lesion_mask(rng, n, organ, 0.035, 0.07)
-            img = _blend(rng, img, m, t["soft"] * rng.uniform(0.6, 0.9), rng.uniform(0.5, 0.9), 1.2)
+            m = _lesion_mask(rng, n, organ, 0.045, 0.08)
+            img = _blend(rng, img, m, t["soft"] * rng.uniform(0.75, 1.0), rng.uniform(0.7, 0.95), 1.2)
             mask |= m
         return img, mask
-    m = _lesion_mask(rng, n, organ, 0.08, 0.14)  # consolidation: hazy, partial opacity
-    return _blend(rng, img, m, t["soft"] * rng.uniform(0.7, 0.95), rng.uniform(0.3, 0.6), 2.5), m
+    m = _lesion_mask(rng, n, organ, 0.1, 0.16)  # consolidation: hazy, partial opacity
+    return _blend(rng, img, m, t["soft"] * rng.uniform(0.8, 1.0), rng.uniform(0.5, 0.8), 2.5), m
 
 
 def _fundus_lesion(rng: np.random.Generator, img: np.ndarray, organ: np.ndarray, t: Tissue) -> Lesioned:
     n = img.shape[0]
     mask = np.zeros((n, n), bool)
     bright = rng.random() < 0.5  # hard exudates (bright) or haemorrhages (dark), in clusters
-    for _ in range(rng.integers(2, 6)):
-        m = _lesion_mask(rng, n, organ, 0.02, 0.05)
-        target = rng.uniform(0.7, 0.85) if bright else rng.uniform(0.2, 0.32)
-        img = _blend(rng, img, m, target, rng.uniform(0.5, 0.9), 0.7)
+    for _ in range(rng.integers(3, 8)):
+        m = _lesion_mask(rng, n, organ, 0.025, 0.06)
+        target = rng.uniform(0.75, 0.9) if bright else rng.uniform(0.15, 0.28)
+        img = _blend(rng, img, m, target, rng.uniform(0.7, 0.95), 0.7)
         mask |= m
     return img, mask
 
@@ -386,11 +392,11 @@ def _abdomen_lesion(rng: np.random.Generator, img: np.ndarray, organ: np.ndarray
     n = img.shape[0]
     kind = rng.choice(["hypodense", "cyst", "hyperdense"], p=[0.5, 0.25, 0.25])
     if kind == "cyst":  # water density, sharp edge
-        m = _lesion_mask(rng, n, organ, 0.04, 0.08)
-        return _blend(rng, img, m, t["fat"] + rng.uniform(0.0, 0.08), rng.uniform(0.7, 0.95), 0.6), m
-    m = _lesion_mask(rng, n, organ, 0.05, 0.11)
-    shift = rng.uniform(0.06, 0.15) * (-1 if kind == "hypodense" else 1)
-    return _blend(rng, img, m, t["liver"] + shift, rng.uniform(0.6, 0.95), 1.5), m
+        m = _lesion_mask(rng, n, organ, 0.05, 0.1)
+        return _blend(rng, img, m, t["fat"] + rng.uniform(0.0, 0.06), rng.uniform(0.8, 0.95), 0.6), m
+    m = _lesion_mask(rng, n, organ, 0.06, 0.12)
+    shift = rng.uniform(0.1, 0.2) * (-1 if kind == "hypodense" else 1)
+    return _blend(rng, img, m, t["liver"] + shift, rng.uniform(0.7, 0.95), 1.5, texture=0.2), m
 
 
 Generator = Callable[[np.random.Generator, int], Anatomy]
@@ -398,15 +404,15 @@ LesionRecipe = Callable[[np.random.Generator, np.ndarray, np.ndarray, Tissue], L
 
 DEMO_DOMAINS: dict[str, tuple[Generator, LesionRecipe, SubjectVariation]] = {
     # name: (normal anatomy, lesion recipe, how subjects differ)
-    "brain_mr": (_brain_mr, _brain_lesion, SubjectVariation(0.06, 0.2, (0.9, 1.1), 0.012, 0.15, (0.9, 1.1))),
-    "head_ct": (_head_ct, _head_ct_lesion, SubjectVariation(0.06, 0.25, (0.9, 1.08), 0.01, 0.0, (0.97, 1.03))),
+    "brain_mr": (_brain_mr, _brain_lesion, SubjectVariation(0.03, 0.1, (0.95, 1.05), 0.008, 0.15, (0.9, 1.1))),
+    "head_ct": (_head_ct, _head_ct_lesion, SubjectVariation(0.03, 0.12, (0.95, 1.05), 0.008, 0.0, (0.97, 1.03))),
     "chest_xray": (
         _chest_xray,
         _chest_lesion,
-        SubjectVariation(0.04, 0.06, (0.92, 1.08), 0.015, 0.12, (0.85, 1.15), (0.01, 0.025)),
+        SubjectVariation(0.02, 0.04, (0.95, 1.05), 0.01, 0.12, (0.85, 1.15), (0.01, 0.025)),
     ),
-    "fundus": (_fundus, _fundus_lesion, SubjectVariation(0.03, 0.3, (0.95, 1.05), 0.008, 0.12, (0.85, 1.15))),
-    "abdomen_ct": (_abdomen_ct, _abdomen_lesion, SubjectVariation(0.05, 0.12, (0.9, 1.1), 0.015, 0.0, (0.97, 1.03))),
+    "fundus": (_fundus, _fundus_lesion, SubjectVariation(0.02, 0.15, (0.97, 1.03), 0.006, 0.12, (0.85, 1.15))),
+    "abdomen_ct": (_abdomen_ct, _abdomen_lesion, SubjectVariation(0.03, 0.06, (0.95, 1.05), 0.01, 0.0, (0.97, 1.03))),
 }
 
 

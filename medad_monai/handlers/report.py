@@ -36,7 +36,8 @@ class EvaluationReport:
         labels: display names of the scores (e.g. ``{"rec": "A_rec"}``).
         title: heading of the table (method, dataset).
         seed: seed of the run, recorded with the results.
-        network: optional model; its ``threshold`` buffer is recorded and drawn on the histogram.
+        network: optional model; its ``threshold`` buffer is recorded and drawn on the histogram, and the name of
+            the map it serves when it says (``served_map_name()``, DDAD: the scores differ by map).
         extra: anything else to record (e.g. the dataset folder).
         include: JSON files to embed in ``metrics.json`` under their key when they exist (e.g. the training
             report with label-free checks and choices, ``{"training": ".../training_report.json"}``).
@@ -94,12 +95,14 @@ class EvaluationReport:
                 row["f1_max"] = f1_max(s, y)[0]
             results[name] = row
         threshold = float(self.network.threshold) if self.network is not None else float("nan")
+        served = self.network.served_map_name() if hasattr(self.network, "served_map_name") else None
         pixel = float(engine.state.metrics.get("pixel_auroc", float("nan")))  # from PixelAUROC, if attached
         record = {
             "title": self.title,
             "results": results,
             **({"pixel_auroc": pixel} if np.isfinite(pixel) else {}),
             "threshold": threshold,
+            **({"served_map": served} if served else {}),
             "data": {"n_images": int(y.size), "n_normal": int((y == 0).sum()), "n_anomalous": int((y == 1).sum())},
             **self.extra,
             **{k: json.loads(p.read_text()) for k, p in self.include.items() if p.is_file()},
@@ -116,7 +119,8 @@ class EvaluationReport:
         lines += [
             "",
             f"{record['data']['n_normal']} normal and {record['data']['n_anomalous']} anomalous images; "
-            f"seed {self.seed}; threshold {threshold:.6g}.",
+            f"seed {self.seed}; threshold {threshold:.6g}."
+            + (f" The model serves the `{served}` map." if served else ""),
         ]
         table = "\n".join(lines) + "\n"
         atomic_write_text(table, self.output_dir / "results.md")

@@ -1,13 +1,16 @@
-"""The vectorised chunked selective scan must reproduce the sequential S6 recurrence (VMamba / Mamba semantics)."""
+"""The vectorised selective scans (closed-form chunked, block-wise) must reproduce the sequential S6 recurrence
+(VMamba / Mamba semantics), for d_state 1 (VMamba v05) and 16 (the original VMamba, PDD's teacher)."""
 
 import warnings
 
 import pytest
 import torch
 
+import medad_monai.networks.selective_scan as ss
 from medad_monai.networks.selective_scan import (
     DEFAULT_CHUNK_SIZE,
     selective_scan,
+    selective_scan_blockwise,
     selective_scan_chunked,
     selective_scan_ref,
 )
@@ -127,8 +130,6 @@ def test_invalid_arguments() -> None:
 
 def test_mamba_kernel_argument_mapping(monkeypatch) -> None:
     # mamba_ssm's selective_scan_fn takes z between D and delta_bias; emulate it on CPU to check the call
-    import medad_monai.networks.selective_scan as ss
-
     def fake_kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):  # noqa: N803
         assert z is None and B.dim() == 4
         return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus)
@@ -147,3 +148,103 @@ def test_torchscript() -> None:
         scripted = torch.jit.script(selective_scan)
     ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
     assert _max_diff(scripted(u, delta, A, B, C, D, delta_bias, True, 4, True), ref) <= TOL
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# block-wise scan (used for d_state > 1, e.g. the d_state 16 of the original VMamba)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d_state", [1, 4, 16])
+@pytest.mark.parametrize("length", [1, 5, 16, 37, 64])
+@pytest.mark.parametrize("block_size", [0, 1, 4, 16, 100])
+def test_blockwise_matches_reference(d_state: int, length: int, block_size: int) -> None:
+    u, delta, A, B, C, D, delta_bias = _inputs(d_state=d_state, length=length)
+    ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus=True)
+    out = selective_scan_blockwise(u, delta, A, B, C, D, delta_bias, delta_softplus=True, block_size=block_size)
+    assert out.shape == ref.shape == u.shape
+    assert _max_diff(out, ref) <= TOL
+
+
+@pytest.mark.parametrize("use_d", [True, False])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("grouped", [True, False])
+def test_blockwise_optional_arguments(use_d: bool, use_bias: bool, grouped: bool) -> None:
+    u, delta, A, B, C, D, delta_bias = _inputs(d_state=16, length=29, grouped=grouped, seed=6)
+    Dx: torch.Tensor | None = D if use_d else None
+    bias: torch.Tensor | None = delta_bias if use_bias else None
+    ref = selective_scan_ref(u, delta, A, B, C, Dx, bias, True)
+    out = selective_scan_blockwise(u, delta, A, B, C, Dx, bias, True, block_size=6)
+    assert _max_diff(out, ref) <= TOL
+
+
+def test_d_state_16_vmamba_sizes() -> None:
+    # VMamba-T v0 stage shapes at 64 px (scaled-down channels): L = 16*16 and 8*8, K = 4, d_state 16, S4D-real A
+    for d, length in ((8, 256), (16, 64)):
+        u, delta, _, B, C, D, delta_bias = _inputs(batch=2, d=d, d_state=16, length=length, seed=7)
+        A = -torch.arange(1, 17, dtype=torch.float32).repeat(4 * d, 1)
+        ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
+        assert _max_diff(selective_scan(u, delta, A, B, C, D, delta_bias, True), ref) <= TOL
+
+
+def test_dispatch_by_state_size(monkeypatch) -> None:
+    calls: list[str] = []
+    chunked, blockwise = ss.selective_scan_chunked, ss.selective_scan_blockwise
+    monkeypatch.setattr(ss, "selective_scan_chunked", lambda *a: calls.append("chunked") or chunked(*a))
+    monkeypatch.setattr(ss, "selective_scan_blockwise", lambda *a: calls.append("blockwise") or blockwise(*a))
+    for d_state in (1, 2, 16):
+        u, delta, A, B, C, D, delta_bias = _inputs(d_state=d_state, length=12)
+        ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
+        assert _max_diff(ss.selective_scan(u, delta, A, B, C, D, delta_bias, True), ref) <= TOL
+    # d_state 1 keeps the closed-form chunked scan (behaviour and speed of VMamba v05 unchanged)
+    assert calls == ["chunked", "blockwise", "blockwise"]
+
+
+def test_blockwise_strong_decay_is_stable() -> None:
+    u, delta, A, B, C, D, _ = _inputs(d_state=16, length=40, seed=3)
+    A = A * 30.0
+    delta = delta.abs() * 3.0
+    ref = selective_scan_ref(u, delta, A, B, C, D, None, False)
+    out = selective_scan_blockwise(u, delta, A, B, C, D, None, False, block_size=8)
+    assert torch.isfinite(out).all()
+    assert _max_diff(out, ref) <= TOL
+
+
+@pytest.mark.parametrize("block_size", [0, 5])
+def test_d_state_16_gradients_match_reference(block_size: int) -> None:
+    inputs = _inputs(batch=2, d=3, d_state=16, length=23, seed=8)
+    grads = []
+    for fn in (selective_scan_ref, selective_scan):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        kwargs = {"block_size": block_size} if fn is selective_scan else {}
+        fn(*leaves, delta_softplus=True, **kwargs).square().sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for g_ref, g_out in zip(*grads):
+        assert _max_diff(g_out, g_ref) <= 1e-4 * max(1.0, g_ref.abs().max().item())
+
+
+def test_blockwise_dtype_and_non_contiguous_inputs() -> None:
+    u, delta, A, B, C, D, delta_bias = _inputs(length=13, d_state=16, seed=5)
+    out = selective_scan_blockwise(u.double(), delta.double(), A, B.double(), C.double(), D, delta_bias, True)
+    assert out.dtype == torch.float64
+    delta = delta.abs()
+    ref = selective_scan_ref(u, delta, A, B, C, D, None, False)
+    views = [t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (u, delta, B, C)]
+    out = selective_scan_blockwise(views[0], views[1], A, views[2], views[3], D, None, False, block_size=4)
+    assert _max_diff(out, ref) <= TOL
+
+
+def test_blockwise_invalid_block_size() -> None:
+    u, delta, A, B, C, _, _ = _inputs(length=9, d_state=16)
+    with pytest.raises(ValueError, match="block_size"):
+        selective_scan_blockwise(u, delta, A, B, C, block_size=-1)
+
+
+def test_torchscript_d_state_16() -> None:
+    u, delta, A, B, C, D, delta_bias = _inputs(length=21, d_state=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(selective_scan)
+    ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
+    for block in (0, 4):
+        assert _max_diff(scripted(u, delta, A, B, C, D, delta_bias, True, 4, True, block), ref) <= TOL

@@ -84,6 +84,43 @@ def _prepare_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: boo
     return delta
 
 
+def _prepare_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,  # noqa: N803 (official S6 notation)
+    B: Tensor,  # noqa: N803 (official S6 notation)
+    C: Tensor,  # noqa: N803 (official S6 notation)
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    block: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int, int]:
+    """Common set-up of the vectorised scans: grouped B/C, shape checks, float32 ``delta`` (bias, softplus), the scan
+    input ``x = delta * u``, and zero padding of the sequence to whole blocks of ``min(block, L)`` positions (delta = 0
+    means decay 1 and no input, and padding follows every real position, so it never changes real outputs).
+
+    Returns ``(u, delta, x, B, C, block_length, num_blocks)``, all float32, the last four padded.
+    """
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
+    _check_shapes(u, delta, A, B, C)
+    seqlen = u.shape[-1]
+    T = min(block, seqlen)  # a short sequence is one block; never pad it up to a long block
+    nb = (seqlen + T - 1) // T
+    pad = nb * T - seqlen
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    uf = u.float()
+    x = delta * uf  # the scan input is delta_t * u_t (times B_t per state)
+    Bf, Cf = B.float(), C.float()
+    if pad > 0:
+        delta = F.pad(delta, [0, pad])
+        x = F.pad(x, [0, pad])
+        Bf = F.pad(Bf, [0, pad])
+        Cf = F.pad(Cf, [0, pad])
+    return uf, delta, x, Bf, Cf, T, nb
+
+
 def selective_scan_ref(
     u: Tensor,
     delta: Tensor,
@@ -104,7 +141,6 @@ def selective_scan_ref(
     if C.dim() == 3:
         C = C.unsqueeze(1)
     _check_shapes(u, delta, A, B, C)
-    dtype_in = u.dtype
     batch, kd, seqlen = u.shape
     groups, d_state = B.shape[1], A.shape[1]
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
@@ -122,7 +158,7 @@ def selective_scan_ref(
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + uf * D.float().unsqueeze(-1)
-    return y.to(dtype_in)
+    return y.to(u.dtype)
 
 
 def _segsum(x: Tensor) -> Tensor:
@@ -186,30 +222,12 @@ def selective_scan_chunked(
     Memory is O(batch * K*D * N * L * chunk_size) floats for the decay matrices; ``chunk_size=1`` degenerates to a
     plain log-depth scan over positions. Autograd works through every step (all operations are differentiable).
     """
-    if B.dim() == 3:
-        B = B.unsqueeze(1)
-    if C.dim() == 3:
-        C = C.unsqueeze(1)
-    _check_shapes(u, delta, A, B, C)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    dtype_in = u.dtype
+    uf, delta, x, Bf, Cf, T, nc = _prepare_scan(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size)
     batch, kd, seqlen = u.shape
-    groups, d_state = B.shape[1], A.shape[1]
+    groups, d_state = Bf.shape[1], A.shape[1]
     dg = kd // groups
-    delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    uf = u.float()
-    Bf, Cf = B.float(), C.float()
-
-    T = min(chunk_size, seqlen)  # a short sequence is one chunk; never pad it up to a long chunk
-    pad = (T - seqlen % T) % T
-    x = delta * uf  # the scan input is delta_t * u_t (times B_t per state)
-    if pad > 0:
-        delta = F.pad(delta, [0, pad])
-        x = F.pad(x, [0, pad])
-        Bf = F.pad(Bf, [0, pad])
-        Cf = F.pad(Cf, [0, pad])
-    nc = (seqlen + pad) // T
 
     # working layout (batch, K, D, N, chunk, T); B/C broadcast over D, u/delta over N
     dA = delta.reshape(batch, groups, dg, 1, nc, T) * A.float().reshape(1, groups, dg, d_state, 1, 1)
@@ -229,7 +247,7 @@ def selective_scan_chunked(
     y = (h * Cf.reshape(batch, groups, 1, d_state, nc, T)).sum(3).reshape(batch, kd, nc * T)[..., :seqlen]
     if D is not None:
         y = y + uf * D.float().unsqueeze(-1)
-    return y.to(dtype_in)
+    return y.to(u.dtype)
 
 
 def _prefers_chunked_scan(d_state: int) -> bool:
@@ -281,30 +299,13 @@ def selective_scan_blockwise(
     beyond the inputs and output is a few tensors of one step's size (without autograd). Autograd works (no op
     modifies a tensor that backward needs).
     """
-    if B.dim() == 3:
-        B = B.unsqueeze(1)
-    if C.dim() == 3:
-        C = C.unsqueeze(1)
-    _check_shapes(u, delta, A, B, C)
     if block_size < 0:
         raise ValueError(f"block_size must be >= 0 (0: automatic), got {block_size}")
-    dtype_in = u.dtype
     batch, kd, seqlen = u.shape
-    groups, d_state = B.shape[1], A.shape[1]
+    block = block_size if block_size > 0 else _auto_block_size(seqlen)
+    uf, delta, x, Bf, Cf, T, nb = _prepare_scan(u, delta, A, B, C, delta_bias, delta_softplus, block)
+    groups, d_state = Bf.shape[1], A.shape[1]
     dg = kd // groups
-    delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    uf = u.float()
-    Bf, Cf = B.float(), C.float()
-
-    T = min(block_size if block_size > 0 else _auto_block_size(seqlen), seqlen)
-    nb = (seqlen + T - 1) // T
-    pad = nb * T - seqlen
-    x = delta * uf  # the scan input is delta_t * u_t (times B_t per state)
-    if pad > 0:
-        delta = F.pad(delta, [0, pad])
-        x = F.pad(x, [0, pad])
-        Bf = F.pad(Bf, [0, pad])
-        Cf = F.pad(Cf, [0, pad])
 
     # time-major layout (block, position in block, batch, K, ...): one position of every block is a strided slice of
     # contiguous channel rows. State h: (block, batch, K, N, D); per step delta/x (.., 1, D), B/C (.., N, 1).
@@ -332,7 +333,7 @@ def selective_scan_blockwise(
     y = torch.stack(ys, dim=1).reshape(nb * T, batch * kd).t().contiguous().reshape(batch, kd, nb * T)[..., :seqlen]
     if D is not None:
         y = y + uf * D.float().unsqueeze(-1)
-    return y.to(dtype_in)
+    return y.to(u.dtype)
 
 
 @torch.jit.unused

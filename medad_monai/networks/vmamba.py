@@ -170,39 +170,67 @@ def cross_merge_2d(ys: Tensor, height: int, width: int) -> Tensor:
     return y[:, 0].reshape(b, d, height, width) + y_cols
 
 
-class _SS2DCore(nn.Module):
-    """SSM parameters and the cross-scan / selective-scan / cross-merge core shared by both SS2D variants.
+class SS2D(nn.Module):
+    """2D selective-scan mixer, official ``SS2D`` with ``forward_type="v05_noz"`` and ``channel_first=True``.
 
-    Parameters (names as in the checkpoints): ``x_proj_weight`` (4, dt_rank + 2*d_state, d_inner),
+    Mirrors ``SS2Dv2.__initv2__`` / ``forwardv2`` / ``forward_corev2`` (paper: SS2D and "Accelerating VMamba"):
+    ``in_proj`` (1x1, no gate branch because of ``_noz``), depth-wise 3x3 conv, SiLU, cross-scan into 4 routes,
+    per-route projections to (dt, B, C) via grouped 1x1 convs (``v05``: conv1d instead of einsum), S6 scan,
+    cross-merge, channel LayerNorm ``out_norm``, ``out_proj`` (1x1). ``_oact`` is not set, so no output GELU.
+
+    Parameters (names as in the checkpoint), built in the official order of random draws: ``in_proj.weight``
+    (d_inner, d_model; 2*d_inner with the gate branch of :class:`SS2DV0`), ``conv2d.weight`` (d_inner, 1, k, k)
+    (and ``conv2d.bias`` with ``conv_bias``), ``x_proj_weight`` (4, dt_rank + 2*d_state, d_inner),
     ``dt_projs_weight`` (4, d_inner, dt_rank), ``dt_projs_bias`` (4, d_inner), ``A_logs`` (4*d_inner, d_state),
-    ``Ds`` (4*d_inner,). Subclasses add the projections around the core and call :meth:`_make_ssm_parameters` and
-    :meth:`reset_ssm_parameters` (kept as separate steps so that the random draws happen in the official order).
+    ``Ds`` (4*d_inner,), ``out_norm.{weight,bias}`` (d_inner,), ``out_proj.weight`` (d_model, d_inner).
+
+    ``gated`` and ``channel_first`` serve :class:`SS2DV0`, which shares these layers and the scan core
+    (:meth:`scan_merge`): ``channel_first=False`` builds plain ``nn.Linear`` / ``nn.LayerNorm`` instead of the 1x1
+    ``Linear2d`` / ``LayerNorm2d`` (same parameter shapes).
     """
 
     def __init__(
         self,
-        d_model: int,
-        d_state: int,
-        ssm_ratio: float,
-        dt_rank: int | str,
+        d_model: int = 96,
+        d_state: int = 1,
+        ssm_ratio: float = 1.0,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        conv_bias: bool = False,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        gated: bool = False,
+        channel_first: bool = True,
     ) -> None:
         super().__init__()
+        if d_conv < 2:
+            raise ValueError("SS2D always has its depth-wise conv (d_conv >= 2)")
         self.k_group = 4  # the 4 cross-scan routes
         self.d_model = int(d_model)
         self.d_state = int(d_state)
         self.d_inner = int(ssm_ratio * d_model)
         self.dt_rank = int(math.ceil(self.d_model / 16) if dt_rank == "auto" else dt_rank)
         self.chunk_size = int(chunk_size)
-
-    def _make_ssm_parameters(self) -> None:
-        # per-route projections, stacked as in the official code (``x_proj`` Linear layers stacked then deleted)
         k, d_inner, r, n = self.k_group, self.d_inner, self.dt_rank, self.d_state
+        linear = Linear2d if channel_first else nn.Linear
+        norm = LayerNorm2d if channel_first else nn.LayerNorm
+
+        self.in_proj = linear(self.d_model, 2 * d_inner if gated else d_inner, bias=False)
+        self.act = nn.SiLU()
+        self.conv2d = nn.Conv2d(
+            d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
+        )
+        # per-route projections, stacked as in the official code (``x_proj`` Linear layers stacked then deleted)
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d_inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, r))
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, n))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = norm(d_inner)
+        self.out_proj = linear(d_inner, self.d_model, bias=False)
+        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
@@ -250,47 +278,6 @@ class _SS2DCore(nn.Module):
         )
         return cross_merge_2d(ys.reshape(b, k, d, length), h, w)
 
-
-class SS2D(_SS2DCore):
-    """2D selective-scan mixer, official ``SS2D`` with ``forward_type="v05_noz"`` and ``channel_first=True``.
-
-    Mirrors ``SS2Dv2.__initv2__`` / ``forwardv2`` / ``forward_corev2`` (paper: SS2D and "Accelerating VMamba"):
-    ``in_proj`` (1x1, no gate branch because of ``_noz``), depth-wise 3x3 conv, SiLU, cross-scan into 4 routes,
-    per-route projections to (dt, B, C) via grouped 1x1 convs (``v05``: conv1d instead of einsum), S6 scan,
-    cross-merge, channel LayerNorm ``out_norm``, ``out_proj`` (1x1). ``_oact`` is not set, so no output GELU.
-
-    Parameters (names as in the checkpoint): ``in_proj.weight`` (d_inner, d_model), ``conv2d.weight``
-    (d_inner, 1, k, k), ``out_norm.{weight,bias}`` (d_inner,), ``out_proj.weight`` (d_model, d_inner), and the SSM
-    parameters of :class:`_SS2DCore`.
-    """
-
-    def __init__(
-        self,
-        d_model: int = 96,
-        d_state: int = 1,
-        ssm_ratio: float = 1.0,
-        dt_rank: int | str = "auto",
-        d_conv: int = 3,
-        conv_bias: bool = False,
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init_floor: float = 1e-4,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> None:
-        if d_conv < 2:
-            raise ValueError("the v05_noz SS2D always has its depth-wise conv (d_conv >= 2)")
-        super().__init__(d_model, d_state, ssm_ratio, dt_rank, chunk_size)
-        d_inner = self.d_inner
-        self.in_proj = Linear2d(self.d_model, d_inner, bias=False)
-        self.act = nn.SiLU()
-        self.conv2d = nn.Conv2d(
-            d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
-        )
-        self._make_ssm_parameters()
-        self.out_norm = LayerNorm2d(d_inner)
-        self.out_proj = Linear2d(d_inner, self.d_model, bias=False)
-        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
-
     def forward(self, x: Tensor) -> Tensor:
         """``(B, d_model, H, W) -> (B, d_model, H, W)``; order of operations of ``SS2Dv2.forwardv2``."""
         x = self.act(self.conv2d(self.in_proj(x)))
@@ -302,44 +289,23 @@ class SS2D(_SS2DCore):
         return self.out_norm(self.scan_merge(x)).to(x.dtype)
 
 
-class SS2DV0(_SS2DCore):
+class SS2DV0(SS2D):
     """2D selective-scan mixer of the original VMamba, official ``SS2D`` with ``forward_type="v0"`` (channel-last).
 
     Mirrors ``SS2Dv0.__initv0__`` / ``forwardv0`` of the official single-file ``vmamba.py``: ``in_proj`` to
     ``2 * d_inner`` (x and the gate z), ``z = SiLU(z)``; x goes channel-first through the depth-wise conv (with
-    bias) and SiLU, then the cross-scan / S6 / cross-merge core of :class:`_SS2DCore` (d_state 16 in VMamba-T),
+    bias) and SiLU, then the cross-scan / S6 / cross-merge core :meth:`SS2D.scan_merge` (d_state 16 here),
     ``out_norm`` (LayerNorm over d_inner), ``y * z`` and ``out_proj``. ``__initv0__`` hard-codes ``conv_bias=True``,
     ``d_conv=3`` and bias-free projections; they are arguments here only for narrow test networks.
 
-    Parameters (names as in the checkpoint): ``in_proj.weight`` (2*d_inner, d_model), ``conv2d.{weight,bias}``
-    ((d_inner, 1, 3, 3), (d_inner,)), ``out_norm.{weight,bias}`` (d_inner,), ``out_proj.weight`` (d_model, d_inner),
-    and the SSM parameters of :class:`_SS2DCore`.
+    Parameters: those of :class:`SS2D`, with ``in_proj.weight`` (2*d_inner, d_model) and ``conv2d.bias``.
     """
 
     def __init__(
-        self,
-        d_model: int = 96,
-        d_state: int = 16,
-        ssm_ratio: float = 2.0,
-        dt_rank: int | str = "auto",
-        d_conv: int = 3,
-        conv_bias: bool = True,
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init_floor: float = 1e-4,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        self, d_model: int = 96, d_state: int = 16, ssm_ratio: float = 2.0, conv_bias: bool = True, **kwargs: Any
     ) -> None:
-        super().__init__(d_model, d_state, ssm_ratio, dt_rank, chunk_size)
-        d_inner = self.d_inner
-        self.in_proj = nn.Linear(self.d_model, 2 * d_inner, bias=False)
-        self.act = nn.SiLU()
-        self.conv2d = nn.Conv2d(
-            d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
-        )
-        self._make_ssm_parameters()
-        self.out_norm = nn.LayerNorm(d_inner)
-        self.out_proj = nn.Linear(d_inner, self.d_model, bias=False)
-        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
+        """``kwargs``: further :class:`SS2D` arguments (``dt_rank``, ``d_conv``, ``dt_min``, ``chunk_size``, ...)."""
+        super().__init__(d_model, d_state, ssm_ratio, conv_bias=conv_bias, gated=True, channel_first=False, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, H, W, d_model) -> (B, H, W, d_model)``; order of operations of the official ``forwardv0``."""

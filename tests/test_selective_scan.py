@@ -93,9 +93,9 @@ def test_default_chunk_and_long_sequence() -> None:
 
 
 def test_d_state_16_vmamba_sizes() -> None:
-    # VMamba-T v0 stage shapes at 64 px (scaled-down channels): L = 16*16 and 8*8, K = 4, d_state 16, S4D-real A
-    for d, length in ((8, 256), (16, 64)):
-        u, delta, _, B, C, D, delta_bias = _inputs(batch=2, d=d, d_state=16, length=length, seed=7)
+    # VMamba-T v0 stage 1 at 64 px (L = 16*16, K = 4, d_inner 192: one block), then narrower scans (several blocks)
+    for batch, d, length in ((1, 192, 256), (2, 8, 256), (2, 16, 64)):
+        u, delta, _, B, C, D, delta_bias = _inputs(batch=batch, d=d, d_state=16, length=length, seed=7)
         A = -torch.arange(1, 17, dtype=torch.float32).repeat(4 * d, 1)
         ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
         assert _max_diff(selective_scan(u, delta, A, B, C, D, delta_bias, True), ref) <= TOL

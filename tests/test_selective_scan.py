@@ -193,3 +193,10 @@ def test_torchscript(d_state: int) -> None:
     ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
     for block in (0, 4):
         assert _max_diff(scripted(u, delta, A, B, C, D, delta_bias, True, 4, True, block), ref) <= TOL
+
+
+def test_automatic_block_size() -> None:
+    # CPU: one block (plain time-major recurrence) for wide scans, ~2 sqrt(L) for narrow ones; blocks on other devices
+    assert ss._auto_block_size(4096, 768 * 16) == 4096  # VMamba-T v0 stage 1 at 256 px, batch 1
+    assert ss._auto_block_size(4096, 96 * 16) == 128
+    assert ss._auto_block_size(4096, 768 * 16, on_cpu=False) == 128

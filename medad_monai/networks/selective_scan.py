@@ -266,7 +266,7 @@ def _time_major(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1]).t().contiguous()
 
 
-def _auto_block_size(seqlen: int, step_numel: int) -> int:
+def _auto_block_size(seqlen: int, step_numel: int, on_cpu: bool = True) -> int:
     """Block length of :func:`selective_scan_blockwise` when none is given.
 
     Each of the (1 or 2) Python steps per block position costs a fixed dispatch overhead plus work proportional to
@@ -274,9 +274,11 @@ def _auto_block_size(seqlen: int, step_numel: int) -> int:
     overhead per position but run the recurrence twice. Measured on CPU (1 thread, d_state 16): one block (a plain
     time-major recurrence) was fastest from ~10k values per position up (VMamba-T v0 stages at batch 1: 0.33 s
     against 0.35 s at L=4096 with 12k values, 0.05 s against 0.09 s at L=256 with 49k), while for narrow scans
-    (1.5k values per position) blocks of ~2 sqrt(L) were 2-3x faster than one block.
+    (1.5k values per position) blocks of ~2 sqrt(L) were 2-3x faster than one block. On other devices (GPU
+    without ``mamba_ssm``) every step is a few kernel launches whatever its size, so blocks of ~2 sqrt(L) positions
+    are always used there (not tuned: no GPU was at hand).
     """
-    if step_numel >= 8192:
+    if on_cpu and step_numel >= 8192:
         return seqlen
     return max(1, int(2.0 * math.sqrt(float(seqlen))))
 
@@ -312,7 +314,7 @@ def selective_scan_blockwise(
     if block_size < 0:
         raise ValueError(f"block_size must be >= 0 (0: automatic), got {block_size}")
     batch, kd, seqlen = u.shape
-    block = block_size if block_size > 0 else _auto_block_size(seqlen, batch * kd * A.shape[-1])
+    block = block_size if block_size > 0 else _auto_block_size(seqlen, batch * kd * A.shape[-1], u.device.type == "cpu")
     uf, delta, x, Bf, Cf, T, nb = _prepare_scan(u, delta, A, B, C, delta_bias, delta_softplus, block)
     groups, d_state = Bf.shape[1], A.shape[1]
     dg = kd // groups

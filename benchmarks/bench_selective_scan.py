@@ -5,6 +5,11 @@ Model", NeurIPS 2024): L = 64 * 64 = 4096, d_inner = 96, K = 4 scan routes, d_st
 
     python benchmarks/bench_selective_scan.py                  # CPU, default sizes, < 2 min on 2 cores
     python benchmarks/bench_selective_scan.py --sweep 1 2 4 8 16 64 --device cuda
+    # the original VMamba-T (v0, PDD's teacher): d_state 16, d_inner 192; block-wise scan, block sizes 0 (auto), 64
+    python benchmarks/bench_selective_scan.py --d-inner 192 --d-state 16 --sweep 0 64 --model v0 --threads 1
+
+With d_state 1 the sizes in --chunk-size / --sweep are chunk lengths of the closed-form chunked scan; with a larger
+d_state they are block lengths of the block-wise scan (0: automatic), the scan the dispatcher then uses.
 """
 
 import argparse
@@ -15,10 +20,11 @@ import torch
 from medad_monai.benchmarking import add_runtime_args, runtime_device, time_calls
 from medad_monai.networks.selective_scan import (
     DEFAULT_CHUNK_SIZE,
+    selective_scan_blockwise,
     selective_scan_chunked,
     selective_scan_ref,
 )
-from medad_monai.networks.vmamba import vmamba_tiny
+from medad_monai.networks.vmamba import vanilla_vmamba_tiny, vmamba_tiny
 
 
 def _fmt(times: list[float]) -> str:
@@ -32,12 +38,15 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="number of scan routes (groups of B/C)")
     parser.add_argument("--d-state", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help=f"first size timed (default {DEFAULT_CHUNK_SIZE}; block-wise: 0)"
+    )
     parser.add_argument("--sweep", type=int, nargs="*", default=[], help="extra chunk sizes to time")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of the vectorised scan")
     parser.add_argument("--ref-repeats", type=int, default=3, help="timed calls of the sequential reference")
     parser.add_argument("--image-size", type=int, default=256, help="VMamba-T input size; 0 skips the model")
     parser.add_argument("--model-repeats", type=int, default=2)
+    parser.add_argument("--model", choices=["v05", "v0"], default="v05", help="vmamba_tiny or vanilla_vmamba_tiny")
     add_runtime_args(parser)
     args = parser.parse_args()
     device = runtime_device(args)
@@ -59,20 +68,24 @@ def main() -> None:
         ref_times = time_calls(lambda: selective_scan_ref(*scan_args), args.ref_repeats, 0, device)
         print(f"  sequential reference      : {_fmt(ref_times)}")
         ref_med = statistics.median(ref_times)
-        for chunk in [args.chunk_size] + [c for c in args.sweep if c != args.chunk_size]:
-            out = selective_scan_chunked(*scan_args, chunk_size=chunk)
+        if args.d_state == 1:
+            scan, size_arg, label = selective_scan_chunked, "chunk_size", "chunked, chunk_size"
+        else:
+            scan, size_arg, label = selective_scan_blockwise, "block_size", "block-wise, block_size"
+        first = args.chunk_size if args.chunk_size is not None else (DEFAULT_CHUNK_SIZE if args.d_state == 1 else 0)
+        for size in [first] + [c for c in args.sweep if c != first]:
+            out = scan(*scan_args, **{size_arg: size})
             err = (out - ref_out).abs().max().item()
-            times = time_calls(
-                lambda c=chunk: selective_scan_chunked(*scan_args, chunk_size=c), args.repeats, 1, device
-            )
+            times = time_calls(lambda n=size: scan(*scan_args, **{size_arg: n}), args.repeats, 1, device)
             speedup = ref_med / statistics.median(times)
-            print(f"  chunked, chunk_size={chunk:<5}: {_fmt(times)}  speed-up x{speedup:.1f}  max|diff| {err:.1e}")
+            print(f"  {label}={size:<5}: {_fmt(times)}  speed-up x{speedup:.1f}  max|diff| {err:.1e}")
 
         if args.image_size > 0:
-            model = vmamba_tiny(chunk_size=args.chunk_size).to(device).eval()
+            build = vmamba_tiny if args.model == "v05" else vanilla_vmamba_tiny
+            model = build(chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE).to(device).eval()
             x = torch.randn(1, 3, args.image_size, args.image_size, device=device)
             times = time_calls(lambda: model(x), args.model_repeats, 1, device)
-            print(f"VSSM-Tiny forward, 1x3x{args.image_size}x{args.image_size}: {_fmt(times)}")
+            print(f"VSSM-Tiny ({args.model}) forward, 1x3x{args.image_size}x{args.image_size}: {_fmt(times)}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,35 @@
-"""VMamba-Tiny (VSSM) backbone in pure PyTorch, state-dict compatible with the official release.
+"""VMamba-Tiny (VSSM) backbones in pure PyTorch, state-dict compatible with the official releases.
 
 Reference: Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024 (section "VMamba"), and the official code
-``MzeroMiko/VMamba``, ``classification/models/vmamba.py``. This file reimplements only the configuration of the
-released ``vssm1_tiny_0230s`` checkpoint (``classification/configs/vssm/vmambav2v_tiny_224.yaml``,
-builder ``vmamba_tiny_s1l8``):
+``MzeroMiko/VMamba``, ``classification/models/vmamba.py``. This file reimplements two released configurations:
+
+* ``vmamba_tiny``: the ``vssm1_tiny_0230s`` checkpoint (``classification/configs/vssm/vmambav2v_tiny_224.yaml``,
+  builder ``vmamba_tiny_s1l8``)::
 
     dims 96-192-384-768, depths 2-2-8-2, ssm_d_state 1, ssm_ratio 1.0, ssm_dt_rank "auto", ssm_conv 3,
     ssm_conv_bias False, forward_type "v05_noz", mlp_ratio 4.0, downsample "v3", patchembed "v2", norm "ln2d"
 
-``norm_layer="ln2d"`` makes the whole network channel-first: activations stay ``(B, C, H, W)``, LayerNorms act on
-the channel dim, and linear layers run as 1x1 convolutions whose weights keep the ``nn.Linear`` layout, so the
-parameter names and shapes equal those of the official ``model`` state dict. The classification head
+  ``norm_layer="ln2d"`` makes this network channel-first: activations stay ``(B, C, H, W)``, LayerNorms act on the
+  channel dim, and linear layers run as 1x1 convolutions whose weights keep the ``nn.Linear`` layout.
+
+* ``vanilla_vmamba_tiny``: the original VMamba-T (``vssmtiny_dp01_ckpt_epoch_292.pth``,
+  ``classification/configs/vssm/vmambav0_tiny_224.yaml``, timm-registered builder ``vanilla_vmamba_tiny`` of the
+  official single-file ``vmamba.py``), the VMamba teacher of PDD (Lu et al., CVPR 2026, official code
+  ``OxygenLu/PDD``)::
+
+    dims 96-192-384-768, depths 2-2-9-2, ssm_d_state 16, ssm_ratio 2.0, ssm_dt_rank "auto", ssm_conv 3,
+    ssm_conv_bias True, forward_type "v0", mlp_ratio 0.0, downsample "v1", patchembed "v1", norm "ln"
+
+  ``norm_layer="ln"`` keeps activations channel-last ``(B, H, W, C)`` between blocks, as the official code does,
+  so plain ``nn.LayerNorm`` / ``nn.Linear`` layers carry the checkpoint's parameters; features are returned
+  channel-first.
+
+Parameter names and shapes equal those of the official ``model`` state dicts (the legacy key names of the v0
+checkpoint are renamed on load, as the official ``VSSM._load_from_state_dict`` does). The classification head
 (``classifier.*``) is not built: this module is a feature extractor returning per-stage maps, like the official
-detection/segmentation wrapper ``Backbone_VSSM`` (including its optional ``outnorm{i}`` layers).
+detection/segmentation wrapper ``Backbone_VSSM`` (including its optional ``outnorm{i}`` layers), or, for PDD, the
+outputs of whole stages (blocks then downsampling) like the official ``VSSM.forward(x, feature_list=True)`` of
+``OxygenLu/PDD``.
 
 The selective scan runs through :func:`medad_monai.networks.selective_scan.selective_scan` (vectorised PyTorch,
 or ``mamba_ssm``'s CUDA kernel when installed), so no custom CUDA extension is needed.
@@ -22,6 +39,7 @@ import logging
 import math
 import os
 import pickle
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -33,15 +51,21 @@ from torch import Tensor, nn
 from medad_monai.networks.selective_scan import DEFAULT_CHUNK_SIZE, selective_scan
 
 __all__ = [
+    "VANILLA_VMAMBA_TINY_CHECKPOINT_NAME",
+    "VANILLA_VMAMBA_TINY_CHECKPOINT_URL",
     "VMAMBA_TINY_CHECKPOINT_NAME",
     "VMAMBA_TINY_CHECKPOINT_URL",
     "LayerNorm2d",
     "Linear2d",
     "SS2D",
+    "SS2DV0",
     "VSSBlock",
+    "VSSBlockV0",
     "VSSLayer",
     "VSSM",
     "load_vmamba_checkpoint",
+    "rename_legacy_vmamba_keys",
+    "vanilla_vmamba_tiny",
     "vmamba_tiny",
 ]
 
@@ -52,6 +76,17 @@ VMAMBA_TINY_CHECKPOINT_NAME = "vssm1_tiny_0230s_ckpt_epoch_264.pth"
 VMAMBA_TINY_CHECKPOINT_URL = (
     "https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth"
 )
+# file name and release URL of the original ImageNet-1k VMamba-T (v0) weights, as in the official builder
+# ``vanilla_vmamba_tiny`` (also the VMamba teacher of PDD)
+VANILLA_VMAMBA_TINY_CHECKPOINT_NAME = "vssmtiny_dp01_ckpt_epoch_292.pth"
+VANILLA_VMAMBA_TINY_CHECKPOINT_URL = (
+    "https://github.com/MzeroMiko/VMamba/releases/download/%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth"
+)
+# (file name, URL) of the checkpoint matching each supported ``forward_type``
+_CHECKPOINTS = {
+    "v05_noz": (VMAMBA_TINY_CHECKPOINT_NAME, VMAMBA_TINY_CHECKPOINT_URL),
+    "v0": (VANILLA_VMAMBA_TINY_CHECKPOINT_NAME, VANILLA_VMAMBA_TINY_CHECKPOINT_URL),
+}
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -143,10 +178,15 @@ class SS2D(nn.Module):
     per-route projections to (dt, B, C) via grouped 1x1 convs (``v05``: conv1d instead of einsum), S6 scan,
     cross-merge, channel LayerNorm ``out_norm``, ``out_proj`` (1x1). ``_oact`` is not set, so no output GELU.
 
-    Parameters (names as in the checkpoint): ``in_proj.weight`` (d_inner, d_model), ``conv2d.weight``
-    (d_inner, 1, k, k), ``x_proj_weight`` (4, dt_rank + 2*d_state, d_inner), ``dt_projs_weight``
-    (4, d_inner, dt_rank), ``dt_projs_bias`` (4, d_inner), ``A_logs`` (4*d_inner, d_state), ``Ds`` (4*d_inner,),
-    ``out_norm.{weight,bias}`` (d_inner,), ``out_proj.weight`` (d_model, d_inner).
+    Parameters (names as in the checkpoint), built in the official order of random draws: ``in_proj.weight``
+    (d_inner, d_model; 2*d_inner with the gate branch of :class:`SS2DV0`), ``conv2d.weight`` (d_inner, 1, k, k)
+    (and ``conv2d.bias`` with ``conv_bias``), ``x_proj_weight`` (4, dt_rank + 2*d_state, d_inner),
+    ``dt_projs_weight`` (4, d_inner, dt_rank), ``dt_projs_bias`` (4, d_inner), ``A_logs`` (4*d_inner, d_state),
+    ``Ds`` (4*d_inner,), ``out_norm.{weight,bias}`` (d_inner,), ``out_proj.weight`` (d_model, d_inner).
+
+    ``gated`` and ``channel_first`` serve :class:`SS2DV0`, which shares these layers and the scan core
+    (:meth:`scan_merge`): ``channel_first=False`` builds plain ``nn.Linear`` / ``nn.LayerNorm`` instead of the 1x1
+    ``Linear2d`` / ``LayerNorm2d`` (same parameter shapes).
     """
 
     def __init__(
@@ -161,19 +201,23 @@ class SS2D(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        gated: bool = False,
+        channel_first: bool = True,
     ) -> None:
         super().__init__()
-        self.k_group = 4  # the 4 cross-scan routes
         if d_conv < 2:
-            raise ValueError("the v05_noz SS2D always has its depth-wise conv (d_conv >= 2)")
+            raise ValueError("SS2D always has its depth-wise conv (d_conv >= 2)")
+        self.k_group = 4  # the 4 cross-scan routes
         self.d_model = int(d_model)
         self.d_state = int(d_state)
         self.d_inner = int(ssm_ratio * d_model)
         self.dt_rank = int(math.ceil(self.d_model / 16) if dt_rank == "auto" else dt_rank)
         self.chunk_size = int(chunk_size)
         k, d_inner, r, n = self.k_group, self.d_inner, self.dt_rank, self.d_state
+        linear = Linear2d if channel_first else nn.Linear
+        norm = LayerNorm2d if channel_first else nn.LayerNorm
 
-        self.in_proj = Linear2d(self.d_model, d_inner, bias=False)
+        self.in_proj = linear(self.d_model, 2 * d_inner if gated else d_inner, bias=False)
         self.act = nn.SiLU()
         self.conv2d = nn.Conv2d(
             d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
@@ -184,8 +228,8 @@ class SS2D(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, n))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
-        self.out_norm = LayerNorm2d(d_inner)
-        self.out_proj = Linear2d(d_inner, self.d_model, bias=False)
+        self.out_norm = norm(d_inner)
+        self.out_proj = linear(d_inner, self.d_model, bias=False)
         self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
 
     @torch.no_grad()
@@ -204,19 +248,17 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * d_inner, 1))
         self.Ds.fill_(1.0)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, d_model, H, W) -> (B, d_model, H, W)``; order of operations of ``SS2Dv2.forwardv2``."""
-        x = self.act(self.conv2d(self.in_proj(x)))
-        y = self.forward_core(x)
-        return self.out_proj(y)
+    def scan_merge(self, x: Tensor) -> Tensor:
+        """Cross-scan, per-route projections, S6 scan and cross-merge: ``(B, D, H, W) -> (B, D, H, W)`` (float32).
 
-    def forward_core(self, x: Tensor) -> Tensor:
-        """Official ``forward_corev2`` for ``v05`` (cross2d scan, ``no_einsum=True``), ``(B, D, H, W)`` in and out."""
+        Official ``forward_corev2`` (``v05``: cross2d scan, ``no_einsum=True``) and ``forwardv0`` (einsum) up to their
+        ``out_norm``; the per-route projections run as grouped 1x1 convs, the same (R + 2N) x D product per route as
+        the official einsum. The dt bias and softplus are applied inside the scan (``delta_softplus=True``).
+        """
         b, d, h, w = x.shape
         length = h * w
         k, r, n = self.k_group, self.dt_rank, self.d_state
         xs = cross_scan_2d(x).reshape(b, k * d, length)
-        # grouped 1x1 convs == one (R + 2N) x D projection per route, as the official no_einsum path computes it
         x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(-1, d, 1), groups=k).reshape(b, k, r + 2 * n, length)
         dts = x_dbl[:, :, :r].reshape(b, k * r, length)
         Bs = x_dbl[:, :, r : r + n].contiguous()  # (B, K, N, L)
@@ -234,8 +276,44 @@ class SS2D(nn.Module):
             True,
             self.chunk_size,
         )
-        y = cross_merge_2d(ys.reshape(b, k, d, length), h, w)
-        return self.out_norm(y).to(x.dtype)
+        return cross_merge_2d(ys.reshape(b, k, d, length), h, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, d_model, H, W) -> (B, d_model, H, W)``; order of operations of ``SS2Dv2.forwardv2``."""
+        x = self.act(self.conv2d(self.in_proj(x)))
+        y = self.forward_core(x)
+        return self.out_proj(y)
+
+    def forward_core(self, x: Tensor) -> Tensor:
+        """Official ``forward_corev2`` for ``v05``: :meth:`scan_merge`, then ``out_norm``; ``(B, D, H, W)`` in/out."""
+        return self.out_norm(self.scan_merge(x)).to(x.dtype)
+
+
+class SS2DV0(SS2D):
+    """2D selective-scan mixer of the original VMamba, official ``SS2D`` with ``forward_type="v0"`` (channel-last).
+
+    Mirrors ``SS2Dv0.__initv0__`` / ``forwardv0`` of the official single-file ``vmamba.py``: ``in_proj`` to
+    ``2 * d_inner`` (x and the gate z), ``z = SiLU(z)``; x goes channel-first through the depth-wise conv (with
+    bias) and SiLU, then the cross-scan / S6 / cross-merge core :meth:`SS2D.scan_merge` (d_state 16 here),
+    ``out_norm`` (LayerNorm over d_inner), ``y * z`` and ``out_proj``. ``__initv0__`` hard-codes ``conv_bias=True``,
+    ``d_conv=3`` and bias-free projections; they are arguments here only for narrow test networks.
+
+    Parameters: those of :class:`SS2D`, with ``in_proj.weight`` (2*d_inner, d_model) and ``conv2d.bias``.
+    """
+
+    def __init__(
+        self, d_model: int = 96, d_state: int = 16, ssm_ratio: float = 2.0, conv_bias: bool = True, **kwargs: Any
+    ) -> None:
+        """``kwargs``: further :class:`SS2D` arguments (``dt_rank``, ``d_conv``, ``dt_min``, ``chunk_size``, ...)."""
+        super().__init__(d_model, d_state, ssm_ratio, conv_bias=conv_bias, gated=True, channel_first=False, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, H, W, d_model) -> (B, H, W, d_model)``; order of operations of the official ``forwardv0``."""
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        z = self.act(z)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        y = self.out_norm(self.scan_merge(x).permute(0, 2, 3, 1))
+        return self.out_proj(y.to(z.dtype) * z)
 
 
 class Mlp(nn.Module):
@@ -289,6 +367,69 @@ class VSSBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+class VSSBlockV0(nn.Module):
+    """VSS block of the original VMamba without MLP (official ``VSSBlock`` with ``mlp_ratio=0``, channel-last).
+
+    ``x = x + drop_path(op(norm(x)))`` on ``(B, H, W, C)``, with ``norm`` a plain ``nn.LayerNorm`` and ``op`` a
+    :class:`SS2DV0`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        drop_path: float = 0.0,
+        ssm_d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        ssm_dt_rank: int | str = "auto",
+        ssm_conv: int = 3,
+        ssm_conv_bias: bool = True,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.op = SS2DV0(
+            d_model=dim,
+            d_state=ssm_d_state,
+            ssm_ratio=ssm_ratio,
+            dt_rank=ssm_dt_rank,
+            d_conv=ssm_conv,
+            conv_bias=ssm_conv_bias,
+            chunk_size=chunk_size,
+        )
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop_path(self.op(self.norm(x)))
+
+
+class Permute(nn.Module):
+    """``x.permute(*dims)`` as a module (official ``Permute``)."""
+
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims: list[int] = [int(d) for d in dims]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(self.dims)
+
+
+class PatchEmbedV1(nn.Sequential):
+    """Non-overlapping stem, official ``VSSM._make_patch_embed`` ``version="v1"`` (Swin's): a stride-``patch_size``
+    conv, then LayerNorm over channels; ``(B, in_chans, H, W) -> (B, H/4, W/4, C)`` channel-last.
+
+    The official ``nn.Sequential`` is ``[conv, Identity, LayerNorm(in_channel_first=True, out_channel_first=False)]``;
+    here the permute sits at index 1 and index 2 is a plain ``nn.LayerNorm``, so the keys ``patch_embed.{0,2}.*``
+    are the same.
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4) -> None:
+        super().__init__(
+            nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=True),
+            Permute(0, 2, 3, 1),
+            nn.LayerNorm(embed_dim),
+        )
+
+
 class PatchEmbedV2(nn.Sequential):
     """Overlapping stem, official ``VSSM._make_patch_embed_v2`` (channel-first): two stride-2 3x3 convs.
 
@@ -327,6 +468,35 @@ class DownsampleV3(nn.Sequential):
         )
 
 
+class PatchMerge2D(nn.Module):
+    """Swin patch merging without parameters (official ``PatchMerge``, channel-last): the 2x2 neighbourhood of each
+    output pixel concatenated on channels in the order (0, 0), (1, 0), (0, 1), (1, 1) of (row, column) offsets.
+
+    ``(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 4C)``. An odd height or width is zero-padded at the bottom/right, as
+    ``PatchMerging2D`` of the official ``classification/models/vmamba.py`` does (the single-file version's padding
+    fails on odd sizes; PDD's 256 px and 64 px inputs never have any).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[1], x.shape[2]
+        if h % 2 != 0 or w % 2 != 0:
+            x = F.pad(x, [0, 0, 0, w % 2, 0, h % 2])
+        return torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+
+
+class DownsampleV1(nn.Sequential):
+    """Stage transition, official ``VSSM._make_downsample`` ``version="v1"`` (channel-last): patch merging, then
+    LayerNorm(4C) and a bias-free Linear(4C -> out_dim); keys ``downsample.1.*`` (norm) and ``downsample.2.weight``.
+    """
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__(
+            PatchMerge2D(),
+            nn.LayerNorm(4 * dim),
+            nn.Linear(4 * dim, out_dim, bias=False),
+        )
+
+
 class VSSLayer(nn.Module):
     """One VMamba stage: ``blocks`` (VSS blocks) followed by ``downsample`` (official ``VSSM._make_layer``, which
     builds the same two children in an ``nn.Sequential``; the last stage's ``downsample`` is ``nn.Identity``)."""
@@ -340,28 +510,79 @@ class VSSLayer(nn.Module):
         return self.downsample(self.blocks(x))
 
 
+_FORWARD_TYPES = ("v05_noz", "v0")
+_OUT_MODES = ("before_downsample", "after_downsample")
+
+# legacy key names of the first VMamba release (e.g. ``vssmtiny_dp01_ckpt_epoch_292.pth``) -> current names, as
+# renamed by the official ``VSSM._load_from_state_dict``
+_LEGACY_KEY_PATTERNS = [
+    (re.compile(r"^patch_embed\.proj\."), "patch_embed.0."),
+    (re.compile(r"^patch_embed\.norm\."), "patch_embed.2."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.ln_1\."), r"\1.norm."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.self_attention\."), r"\1.op."),
+    (re.compile(r"^(layers\.\d+\.downsample)\.norm\."), r"\1.1."),
+    (re.compile(r"^(layers\.\d+\.downsample)\.reduction\."), r"\1.2."),
+    (re.compile(r"^norm\."), "classifier.norm."),
+    (re.compile(r"^head\."), "classifier.head."),
+]
+
+
+def rename_legacy_vmamba_keys(state_dict: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Rename, in place, the legacy keys of the first VMamba release to the current official names.
+
+    ``patch_embed.proj -> patch_embed.0``, ``patch_embed.norm -> patch_embed.2``, ``blocks.*.ln_1 -> norm``,
+    ``blocks.*.self_attention -> op``, ``downsample.norm -> downsample.1``, ``downsample.reduction ->
+    downsample.2``, ``norm -> classifier.norm``, ``head -> classifier.head`` (the renaming of the official
+    ``VSSM._load_from_state_dict``). Only keys under ``prefix`` are considered; others are left alone. Returns the
+    same dict.
+    """
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        for pattern, replacement in _LEGACY_KEY_PATTERNS:
+            new_rest = pattern.sub(replacement, rest, count=1)
+            if new_rest != rest:
+                state_dict[prefix + new_rest] = state_dict.pop(key)
+                break
+    return state_dict
+
+
 class VSSM(nn.Module):
     """VMamba backbone returning multi-scale features (paper: "Network Architecture"; official ``VSSM``
-    without its ``classifier``, run like the official ``Backbone_VSSM.forward``).
+    without its ``classifier``).
 
-    Defaults are VMamba-T ``vssm1_tiny_0230s``. ``forward`` returns, for each index in ``out_indices``, the output of
-    that stage's blocks (before its downsampling) as ``(B, dims[i], H / 2**(i+2), W / 2**(i+2))``, e.g. at 256 px:
-    96@64, 192@32, 384@16, 768@8. With ``with_out_norm=True``, each returned stage passes through its own
-    channel LayerNorm ``outnorm{i}`` (as in ``Backbone_VSSM``); ImageNet classification checkpoints do not contain
-    these, so they then start from the default LayerNorm affine parameters (weight 1, bias 0).
+    Defaults are VMamba-T ``vssm1_tiny_0230s`` (``forward_type="v05_noz"``, channel-first); with
+    ``forward_type="v0"`` the network is the original VMamba (channel-last, patch embed and downsampling v1, VSS
+    blocks without MLP; see :func:`vanilla_vmamba_tiny`). ``forward`` returns channel-first features for each index
+    in ``out_indices``:
+
+    * ``out_mode="before_downsample"`` (like the official ``Backbone_VSSM.forward``): the output of that stage's
+      blocks, before its downsampling, ``(B, dims[i], H / 2**(i+2), W / 2**(i+2))``, e.g. at 256 px: 96@64,
+      192@32, 384@16, 768@8. With ``with_out_norm=True``, each returned stage passes through its own LayerNorm
+      ``outnorm{i}``; ImageNet classification checkpoints do not contain these, so they then start from the
+      default LayerNorm affine parameters (weight 1, bias 0).
+    * ``out_mode="after_downsample"`` (like ``VSSM.forward(x, feature_list=True)`` of the official PDD code): the
+      output of the whole stage, blocks then downsampling, ``(B, dims[i+1], H / 2**(i+3), W / 2**(i+3))`` for
+      the first stages and, since the last stage has no downsampling, ``(B, dims[3], H / 32, W / 32)`` for the
+      last one, e.g. at 256 px: 192@32, 384@16, 768@8, 768@8.
+
     Stages after the last requested one are not computed (their parameters still exist for checkpoint loading).
+    Loading a state dict renames the legacy keys of the first VMamba release (:func:`rename_legacy_vmamba_keys`).
 
     Args:
         in_chans: input channels.
         dims: channels of the 4 stages.
         depths: VSS blocks per stage.
-        patch_size: stem downsampling factor (two stride-``patch_size // 2`` convs).
-        ssm_d_state, ssm_ratio, ssm_dt_rank, ssm_conv, ssm_conv_bias, mlp_ratio: VSS block hyper-parameters.
-        drop_path_rate: maximum stochastic-depth rate (linearly increasing per block). The official classifier was
-            trained with 0.2; the default 0.0 keeps a frozen feature extractor deterministic even in train mode.
+        patch_size: stem downsampling factor (``v05_noz``: two stride-``patch_size // 2`` convs; ``v0``: one conv).
+        ssm_d_state, ssm_ratio, ssm_dt_rank, ssm_conv, ssm_conv_bias, mlp_ratio: VSS block hyper-parameters
+            (``v0`` blocks have no MLP: ``mlp_ratio`` must then be 0).
+        drop_path_rate: maximum stochastic-depth rate (linearly increasing per block). The official classifiers
+            were trained with 0.2; the default 0.0 keeps a frozen feature extractor deterministic even in train mode.
         out_indices: stages to return, in increasing order.
-        with_out_norm: add the ``outnorm{i}`` LayerNorms of the official detection/segmentation backbone.
-        chunk_size: chunk length of the vectorised selective scan.
+        with_out_norm: add the ``outnorm{i}`` LayerNorms of the official detection/segmentation backbone
+            (``out_mode="before_downsample"`` only).
+        chunk_size: chunk length of the closed-form chunked selective scan (used when ``ssm_d_state == 1``).
+        forward_type: ``"v05_noz"`` or ``"v0"``, the official SS2D variants of the two configurations.
+        out_mode: ``"before_downsample"`` or ``"after_downsample"`` (see above).
     """
 
     def __init__(
@@ -380,6 +601,8 @@ class VSSM(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3),
         with_out_norm: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        forward_type: str = "v05_noz",
+        out_mode: str = "before_downsample",
     ) -> None:
         super().__init__()
         dims = [int(d) for d in dims]
@@ -392,31 +615,50 @@ class VSSM(nn.Module):
         indices = [int(i) for i in out_indices]
         if not indices or sorted(set(indices)) != indices or indices[0] < 0 or indices[-1] >= num_layers:
             raise ValueError(f"out_indices must be increasing stage indices in [0, {num_layers}), got {out_indices}")
+        if forward_type not in _FORWARD_TYPES:
+            raise ValueError(f"forward_type must be one of {_FORWARD_TYPES}, got {forward_type!r}")
+        if out_mode not in _OUT_MODES:
+            raise ValueError(f"out_mode must be one of {_OUT_MODES}, got {out_mode!r}")
+        if forward_type == "v0" and mlp_ratio != 0:
+            raise ValueError(f"the v0 VSS blocks have no MLP (mlp_ratio 0), got mlp_ratio {mlp_ratio}")
+        if with_out_norm and out_mode != "before_downsample":
+            raise ValueError("with_out_norm applies to the stage outputs before downsampling only")
+        self.forward_type: str = forward_type
+        self.out_mode: str = out_mode
+        self.channel_last: bool = forward_type == "v0"  # official norm_layer "ln" (v0) vs "ln2d" (v05_noz)
+        self._after_downsample: bool = out_mode == "after_downsample"
         self.dims: list[int] = dims
         self.out_indices: list[int] = indices
-        self.out_channels: list[int] = [dims[i] for i in indices]
+        stage_out = [dims[min(i + 1, num_layers - 1)] for i in range(num_layers)] if self._after_downsample else dims
+        self.out_channels: list[int] = [stage_out[i] for i in indices]
         self.with_out_norm = bool(with_out_norm)
         self._last_index: int = indices[-1]
 
-        self.patch_embed = PatchEmbedV2(in_chans, dims[0], patch_size)
+        if self.channel_last:
+            self.patch_embed: nn.Module = PatchEmbedV1(in_chans, dims[0], patch_size)
+        else:
+            self.patch_embed = PatchEmbedV2(in_chans, dims[0], patch_size)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth decay rule
+        ssm_kwargs: dict[str, Any] = dict(
+            ssm_d_state=ssm_d_state,
+            ssm_ratio=ssm_ratio,
+            ssm_dt_rank=ssm_dt_rank,
+            ssm_conv=ssm_conv,
+            ssm_conv_bias=ssm_conv_bias,
+            chunk_size=chunk_size,
+        )
         self.layers = nn.ModuleList()
         for i in range(num_layers):
-            blocks = [
-                VSSBlock(
-                    dims[i],
-                    drop_path=dpr[sum(depths[:i]) + j],
-                    ssm_d_state=ssm_d_state,
-                    ssm_ratio=ssm_ratio,
-                    ssm_dt_rank=ssm_dt_rank,
-                    ssm_conv=ssm_conv,
-                    ssm_conv_bias=ssm_conv_bias,
-                    mlp_ratio=mlp_ratio,
-                    chunk_size=chunk_size,
-                )
-                for j in range(depths[i])
-            ]
-            downsample = DownsampleV3(dims[i], dims[i + 1]) if i < num_layers - 1 else None
+            blocks: list[nn.Module] = []
+            for j in range(depths[i]):
+                drop_path = dpr[sum(depths[:i]) + j]
+                if self.channel_last:
+                    blocks.append(VSSBlockV0(dims[i], drop_path=drop_path, **ssm_kwargs))
+                else:
+                    blocks.append(VSSBlock(dims[i], drop_path=drop_path, mlp_ratio=mlp_ratio, **ssm_kwargs))
+            downsample: nn.Module | None = None
+            if i < num_layers - 1:
+                downsample = (DownsampleV1 if self.channel_last else DownsampleV3)(dims[i], dims[i + 1])
             self.layers.append(VSSLayer(blocks, downsample))
 
         # official key names outnorm{i}; fixed attributes (Identity where unused) keep forward scriptable
@@ -428,7 +670,9 @@ class VSSM(nn.Module):
         self.apply(self._init_weights)
 
     def _make_out_norm(self, i: int) -> nn.Module:
-        return LayerNorm2d(self.dims[i]) if self.with_out_norm and i in self.out_indices else nn.Identity()
+        if not (self.with_out_norm and i in self.out_indices):
+            return nn.Identity()
+        return nn.LayerNorm(self.dims[i]) if self.channel_last else LayerNorm2d(self.dims[i])
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -454,18 +698,44 @@ class VSSM(nn.Module):
             return self.outnorm2(x)
         return self.outnorm3(x)
 
+    def _feature(self, x: Tensor) -> Tensor:
+        """A returned feature map, channel-first and contiguous."""
+        if self.channel_last:
+            x = x.permute(0, 3, 1, 2)
+        return x.contiguous()
+
     def forward(self, x: Tensor) -> list[Tensor]:
-        """``(B, in_chans, H, W)`` -> list of stage features ``(B, dims[i], H/2**(i+2), W/2**(i+2))``."""
+        """``(B, in_chans, H, W)`` -> list of ``(B, C, h, w)`` features, one per ``out_indices`` (see the class)."""
         x = self.patch_embed(x)
         outs: list[Tensor] = []
         for i, layer in enumerate(self.layers):
             if i <= self._last_index:
                 x = layer.blocks(x)
-                if i in self.out_indices:
-                    outs.append(self._out_norm(i, x).contiguous())
-                if i < self._last_index:
+                if self._after_downsample:
                     x = layer.downsample(x)
+                    if i in self.out_indices:
+                        outs.append(self._feature(x))
+                else:
+                    if i in self.out_indices:
+                        outs.append(self._feature(self._out_norm(i, x)))
+                    if i < self._last_index:
+                        x = layer.downsample(x)
         return outs
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        rename_legacy_vmamba_keys(state_dict, prefix)  # as the official VSSM._load_from_state_dict
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 def _is_outnorm_key(key: str) -> bool:
@@ -504,21 +774,23 @@ def _torch_load(path: str) -> Any:
         ) from err
 
 
-def _raise_not_found(path: str) -> None:
+def _raise_not_found(path: str, forward_type: str = "v05_noz") -> None:
+    name, url = _CHECKPOINTS[forward_type]
     raise FileNotFoundError(
-        f"VMamba checkpoint not found at {path}; download {VMAMBA_TINY_CHECKPOINT_NAME} from the VMamba release "
-        f"page ({VMAMBA_TINY_CHECKPOINT_URL}) and pass its path"
+        f"VMamba checkpoint not found at {path}; download {name} from the VMamba release page ({url}) and pass its path"
     )
 
 
 def load_vmamba_checkpoint(
     model: VSSM, path: str | os.PathLike[str], key: str = "model"
 ) -> tuple[list[str], list[str]]:
-    """Load official VMamba weights (e.g. ``vssm1_tiny_0230s_ckpt_epoch_264.pth``) into a :class:`VSSM`.
+    """Load official VMamba weights (``vssm1_tiny_0230s_ckpt_epoch_264.pth``, ``vssmtiny_dp01_ckpt_epoch_292.pth``)
+    into a :class:`VSSM`.
 
     Official files keep the weights under ``"model"`` (``"model_ema"`` holds the EMA copy in full training
-    checkpoints; pass ``key="model_ema"`` to use it); a bare state dict is accepted too. ``classifier.*`` entries
-    are dropped because the backbone has no head.
+    checkpoints; pass ``key="model_ema"`` to use it); a bare state dict is accepted too. Legacy key names of the
+    first VMamba release are renamed (:func:`rename_legacy_vmamba_keys`), then ``classifier.*`` entries are dropped
+    because the backbone has no head. The file is read with ``torch.load(weights_only=True)``.
 
     Returns:
         ``(missing_keys, unexpected_keys)``; missing keys can only be the ``outnorm{i}`` layers.
@@ -529,7 +801,7 @@ def load_vmamba_checkpoint(
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        _raise_not_found(path)
+        _raise_not_found(path, model.forward_type)
     ckpt = _torch_load(path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
         state_dict = ckpt[key]
@@ -538,6 +810,7 @@ def load_vmamba_checkpoint(
     else:
         found = sorted(ckpt.keys()) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise RuntimeError(f"{path} holds no VMamba state dict under key {key!r} (found: {found})")
+    state_dict = rename_legacy_vmamba_keys(dict(state_dict))
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
     result = model.load_state_dict(state_dict, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
@@ -554,6 +827,23 @@ def load_vmamba_checkpoint(
     return missing, unexpected
 
 
+def _is_weights_path(weights: str | os.PathLike[str] | None) -> bool:
+    return weights is not None and not (isinstance(weights, str) and weights == "random")
+
+
+def _build_vssm(weights: str | os.PathLike[str] | None, config: dict[str, Any], kwargs: dict[str, Any]) -> VSSM:
+    """Build a :class:`VSSM` from a released configuration (``kwargs`` may override it) and load ``weights``."""
+    config = {**config, **kwargs}
+    load = _is_weights_path(weights)
+    if load and not os.path.isfile(os.fspath(weights)):
+        # fail before spending seconds building the network
+        _raise_not_found(os.fspath(weights), config.get("forward_type", "v05_noz"))
+    model = VSSM(**config)
+    if load:
+        load_vmamba_checkpoint(model, weights)
+    return model
+
+
 def vmamba_tiny(
     weights: str | os.PathLike[str] | None = None,
     out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -567,12 +857,9 @@ def vmamba_tiny(
             checkpoint file, loaded with :func:`load_vmamba_checkpoint` (nothing is downloaded or faked).
         out_indices: stages to return.
         with_out_norm: add per-stage output LayerNorms (``outnorm{i}``, absent from classification checkpoints).
-        kwargs: further :class:`VSSM` arguments (e.g. ``chunk_size``, ``drop_path_rate``).
+        kwargs: further :class:`VSSM` arguments (e.g. ``chunk_size``, ``drop_path_rate``, ``out_mode``).
     """
-    load = weights is not None and not (isinstance(weights, str) and weights == "random")
-    if load and not os.path.isfile(os.fspath(weights)):
-        _raise_not_found(os.fspath(weights))  # fail before spending seconds building the network
-    model = VSSM(
+    config = dict(
         dims=(96, 192, 384, 768),
         depths=(2, 2, 8, 2),
         ssm_d_state=1,
@@ -581,10 +868,57 @@ def vmamba_tiny(
         ssm_conv=3,
         ssm_conv_bias=False,
         mlp_ratio=4.0,
+        forward_type="v05_noz",
         out_indices=out_indices,
         with_out_norm=with_out_norm,
-        **kwargs,
     )
-    if load:
-        load_vmamba_checkpoint(model, weights)
-    return model
+    return _build_vssm(weights, config, kwargs)
+
+
+def vanilla_vmamba_tiny(
+    weights: str | os.PathLike[str] | None = None,
+    out_mode: str = "after_downsample",
+    out_indices: Sequence[int] = (0, 1, 2, 3),
+    **kwargs: Any,
+) -> VSSM:
+    """Original VMamba-T (v0), official timm builder ``vanilla_vmamba_tiny``: PDD's VMamba teacher.
+
+    ``VSSM(depths=[2, 2, 9, 2], dims=96, patch_size=4, ssm_d_state=16, ssm_ratio=2.0, ssm_dt_rank="auto",
+    ssm_conv=3, ssm_conv_bias=True, forward_type="v0", mlp_ratio=0.0, norm_layer="ln", downsample_version="v1",
+    patchembed_version="v1")``, without the classifier. The official builder sets ``drop_path_rate=0.2`` for
+    training; here it is 0 (pass ``drop_path_rate`` to change it) so that the frozen teacher is deterministic.
+    For frozen-teacher use call ``.eval()`` and run it under ``torch.no_grad()``.
+
+    With the default ``out_mode="after_downsample"``, ``forward(x)`` returns what the official PDD code gets from
+    ``encoder_ssm(img, feature_list=True)``: each stage's output after its downsampling, channel-first; at 256 px
+    ``[(B, 192, 32, 32), (B, 384, 16, 16), (B, 768, 8, 8), (B, 768, 8, 8)]`` (at 64 px: 8, 4, 2, 2).
+    ``out_mode="before_downsample"`` returns the stage outputs before downsampling instead:
+    ``[(B, 96, 64, 64), (B, 192, 32, 32), (B, 384, 16, 16), (B, 768, 8, 8)]`` at 256 px.
+
+    Args:
+        weights: ``None`` or ``"random"`` for random initialisation; otherwise the path of a local copy of
+            :data:`VANILLA_VMAMBA_TINY_CHECKPOINT_NAME` (from :data:`VANILLA_VMAMBA_TINY_CHECKPOINT_URL`), loaded
+            with :func:`load_vmamba_checkpoint` (legacy key names are renamed; nothing is downloaded).
+        out_mode: ``"after_downsample"`` (official ``feature_list=True``) or ``"before_downsample"``.
+        out_indices: stages to return.
+        kwargs: further :class:`VSSM` arguments (e.g. ``drop_path_rate``, ``with_out_norm`` with
+            ``out_mode="before_downsample"``).
+
+    Raises:
+        FileNotFoundError: if ``weights`` is a path that does not exist (the message names the file to download).
+    """
+    config = dict(
+        dims=(96, 192, 384, 768),
+        depths=(2, 2, 9, 2),
+        patch_size=4,
+        ssm_d_state=16,
+        ssm_ratio=2.0,
+        ssm_dt_rank="auto",
+        ssm_conv=3,
+        ssm_conv_bias=True,
+        mlp_ratio=0.0,
+        forward_type="v0",
+        out_mode=out_mode,
+        out_indices=out_indices,
+    )
+    return _build_vssm(weights, config, kwargs)

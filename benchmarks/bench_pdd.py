@@ -42,6 +42,7 @@ def main() -> None:
         image_size=args.image_size,
         wrn_weights="random",
         vmamba_weights="random",
+        vmamba=str(_configured("vmamba")),
         decoder_blocks=tuple(_configured("decoder_blocks")),
         decoder_width=int(_configured("decoder_width")),
     ).to(device)

@@ -13,7 +13,7 @@ import pytest
 
 from medad_monai.comparison import benchmark
 from medad_monai.comparison.benchmark import BenchmarkCell, cell_spec, leave_one_out_sources, run_benchmark
-from medad_monai.comparison.benchmark_report import Stat, aggregate, format_benchmark
+from medad_monai.comparison.benchmark_report import Stat, aggregate, format_benchmark, score_table
 from medad_monai.data.demo import DEMO_DOMAINS
 from medad_monai.visualize import plot_grouped_bars
 
@@ -257,3 +257,20 @@ def test_a_cell_that_raises_fails_alone(tmp_path, monkeypatch):
         run_benchmark(tmp_path, bundles="ddad,pdd", domains="fundus")
     assert str(err.value).count("ddad on demo:fundus, seed 0") == 3 and "pdd" not in str(err.value)
     assert fake.calls[0] == ("pdd", "bundle") and len(fake.calls) == 3
+
+
+def test_every_score_of_a_multi_score_bundle_gets_its_own_table():
+    rows = _hand_rows()
+    for r in rows:
+        if r["method"] == "bundle":  # DDAD-like: the bundle's own evaluation reports several scores
+            r["score_auroc"] = {"rec": r["auroc"], "inter": 1 - r["auroc"]}
+            r["served_map"] = "rec"
+    table = score_table(rows, "pdd", ["a", "b"], [0, 1])
+    assert table["a"]["rec"].mean == pytest.approx(0.85) and table["a"]["rec"].std == pytest.approx(0.0707107, 1e-5)
+    # mean row: domains averaged per seed (0.7, 0.825), then mean ± std over the seeds
+    assert table["mean"]["inter"].mean == pytest.approx(1 - 0.7625)
+    text = format_benchmark(rows, ["pdd"], ["a", "b"], [0, 1], SETTINGS, 60.0)
+    assert "| domain | rec | inter |" in text and "The served map: `rec`." in text
+    for r in rows:
+        r["score_auroc"] = {"score": r["auroc"]}  # one score: no extra table
+    assert score_table(rows, "pdd", ["a", "b"], [0, 1]) == {}

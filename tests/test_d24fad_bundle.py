@@ -39,6 +39,8 @@ TINY = {
     "num_support": 2,
     "num_calibration": 4,
     "teacher_weights": "random",
+    "target": "demo:head_ct",
+    "sources": ["demo:brain_mr", "demo:chest_xray", "demo:fundus", "demo:abdomen_ct"],
 }
 
 
@@ -47,7 +49,7 @@ _workflow = partial(bundle_workflow, meta_file=META)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A bundle root with a model trained on the four demo source domains, adapted to brain_mr (held out)."""
+    """A bundle root with a model trained on the four other demo domains, adapted to head_ct (held out)."""
     root = tmp_path_factory.mktemp("d24fad_bundle")
     train_bundle(TRAIN, META, root, **TINY)
     return root
@@ -75,13 +77,13 @@ def test_evaluate_reports_auroc_and_ap_above_chance_on_the_unseen_target(trained
     wf.run()
     record = json.loads((trained / "eval" / "metrics.json").read_text())
     row = record["results"]["score"]
-    assert record["data"] == {"n_images": 48, "n_normal": 24, "n_anomalous": 24}
-    assert record["target"] == "demo:brain_mr" and "demo:brain_mr" not in record["sources"]
+    assert record["data"] == {"n_images": 64, "n_normal": 32, "n_anomalous": 32}
+    assert record["target"] == "demo:head_ct" and "demo:head_ct" not in record["sources"]
     assert len(record["support_files"]) == 2 and all("/train/good/" in f for f in record["support_files"])
-    # a short episodic training on four other domains ranks brain_mr anomalies above normals
-    # (measured AUROC 0.94-0.97 at seed 0 after 3-50 steps; chance is 0.5)
-    assert row["auroc"] > 0.75 and row["ap"] > 0.7, row
-    assert 0.5 < record["pixel_auroc"] <= 1.0, record["pixel_auroc"]  # localisation against the lesion masks
+    # four episodic steps on four other domains already rank head_ct anomalies above normals and localise them
+    # (measured at seed 0: image AUROC 0.68, pixel AUROC 0.72; chance is 0.5)
+    assert row["auroc"] > 0.6 and row["ap"] > 0.55, row
+    assert 0.65 < record["pixel_auroc"] <= 1.0, record["pixel_auroc"]  # localisation against the lesion masks
     for name in ("results.md", "image_scores.csv", "metrics.csv", "roc.png"):
         assert (trained / "eval" / name).stat().st_size > 0
 

@@ -44,6 +44,27 @@ def test_demo_domains_differ_and_lesions_change_pixels(tmp_path):
     assert len({round(m) for m in means}) == len(means)
 
 
+def test_demo_subjects_differ_and_lesions_are_not_just_bright(tmp_path):
+    """The demo exercises a method as real data would: normal subjects differ (pose, anatomy, scanner), so another
+    subject's same place is not the same image, and no global intensity statistic gives the anomalies away."""
+    from medad_monai.metrics.ranking import roc_auc
+
+    spec = DemoSpec(image_size=64, n_train=8, n_unlabeled=0, n_test_good=24, n_test_bad=24, seed=3)
+    root = generate_domain("brain_mr", tmp_path / "brain", spec)
+    train = np.stack([np.asarray(Image.open(p), np.float32) / 255 for p in sorted((root / "train" / "good").glob("*"))])
+    # subjects differ: the mean absolute difference between two normals is far above the acquisition noise (~0.02)
+    assert np.mean([np.abs(train[i] - train[i + 1]).mean() for i in range(len(train) - 1)]) > 0.04
+    images, labels = [], []
+    for label, folder in ((0, "good"), (1, "bad")):
+        for p in sorted((root / "test" / folder).glob("*")):
+            images.append(np.asarray(Image.open(p), np.float32)), labels.append(label)
+    x, y = np.stack(images).reshape(len(images), -1), np.asarray(labels)
+    for statistic in (x.mean(1), x.max(1), x.std(1)):  # a global statistic separates them no better than a coin
+        assert 0.25 < roc_auc(statistic, y) < 0.75
+    masks = [np.asarray(Image.open(p)) > 0 for p in sorted((root / "ground_truth" / "bad").glob("*"))]
+    assert all(m.any() for m in masks)
+
+
 def test_folder_datalist_and_masks(tmp_path):
     for i in range(3):
         _png(tmp_path / "train" / "good" / f"n{i}.png")
@@ -90,7 +111,7 @@ def test_demo_prefix_and_input_datalist(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDAD_MONAI_DATA", str(tmp_path))
     folder = resolve_dataset_dir("demo:fundus/test/bad")
     assert folder.is_dir() and folder.parent.parent.name == "fundus"
-    assert len(input_datalist("demo:fundus/test")) == 48
+    assert len(input_datalist("demo:fundus/test")) == 64
     with pytest.raises(ValueError, match="unknown demo domain"):
         resolve_dataset_dir("demo:nowhere")
 

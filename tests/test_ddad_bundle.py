@@ -69,7 +69,7 @@ def test_evaluate_reports_every_score(trained):
     for row in record["results"].values():
         assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["ap"] <= 1.0
     assert record["provenance"]["seed"] == 0 and record["provenance"]["versions"]["monai"]
-    assert record["data"] == {"n_images": 48, "n_normal": 24, "n_anomalous": 24}
+    assert record["data"] == {"n_images": 64, "n_normal": 32, "n_anomalous": 32}
     for name in ("roc.png", "score_histograms.png", "results.md", "image_scores.csv", "metrics.csv"):
         assert (trained / "eval" / name).stat().st_size > 0
     assert "DDAD-R_dual" in (trained / "eval" / "results.md").read_text()
@@ -163,6 +163,10 @@ def test_no_unlabeled_pool_trains_r_intra(tmp_path):
     wf.run()
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not bool(state["has_udm"])
+    # output_map "auto" has no pool to judge the scores on: the fixed fallback, the paper's R_intra, is recorded
+    report = json.loads((tmp_path / "models" / "training_report.json").read_text())
+    assert report["selection"]["chosen"] == "refined" and report["selection"]["criterion"].startswith("fallback")
+    assert report["served_map"] == "refined"
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

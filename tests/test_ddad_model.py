@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medad_monai.networks.autoencoders import AE, AEEnsemble, MemAE, MemoryUnit, build_backbone
-from medad_monai.networks.ddad import DDAD, ASRNet, MonotoneASRNet
+from medad_monai.networks.ddad import DDAD, OUTPUT_MAPS, ASRNet, MonotoneASRNet
 
 
 class _Fixed(nn.Module):
@@ -216,3 +216,20 @@ def test_torchscript_matches_eager_for_every_option():
         model.has_udm.fill_(True)
         scripted = torch.jit.script(model)
         assert torch.allclose(scripted(x), model(x), atol=1e-6), kwargs
+
+
+def test_auto_selection_judges_each_score_on_images_its_models_never_saw():
+    from medad_monai.engines.ddad import select_served_map
+
+    torch.manual_seed(0)
+    model = DDAD(backbone="ae", num_members=2, image_size=64, output_map="auto").eval()
+    model.has_udm.fill_(True)
+
+    def images(n: int, offset: float = 0.0) -> list[dict]:
+        return [{"image": (torch.rand(1, 64, 64) * 2 - 1 + offset).clamp(-1, 1)} for _ in range(n)]
+
+    record = select_served_map(model, images(6), images(4, 0.3), pool_trained=images(5, 0.3))
+    # the UDM saw the trained pool: its scores (inter, R_dual) are judged on the 4 held-out images only
+    assert record["n_pool"] == {"refined": 4, "rec": 9, "intra": 9, "inter": 4} and record["n_normal"] == 6
+    assert record["chosen"] in OUTPUT_MAPS and model.served_map_name() == record["chosen"]
+    assert set(record["values"]) == {"refined", "rec", "intra", "inter"}

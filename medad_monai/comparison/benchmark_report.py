@@ -146,6 +146,38 @@ def aggregate(
     return table
 
 
+def score_table(
+    rows: Sequence[dict[str, Any]], bundle: str, domains: Sequence[str], seeds: Sequence[int]
+) -> dict[str, dict[str, Stat]]:
+    """``table[domain or "mean"][score]``: image AUROC of every score of the bundle's own evaluation (DDAD reports
+    five maps), mean ± std over seeds as :func:`aggregate`; empty when the bundle reports a single score."""
+    runs = {(r["domain"], int(r["seed"])): r for r in rows if r["bundle"] == bundle and r["method"] == BUNDLE}
+    names: list[str] = []
+    for r in runs.values():
+        for name in r.get("score_auroc") or {}:
+            if name not in names:
+                names.append(name)
+    if len(names) < 2:
+        return {}
+
+    def value(domain: str, seed: int, name: str) -> dict[str, Any] | None:
+        r = runs.get((domain, int(seed)))
+        if r is None or r["status"] != "ok" or not r.get("score_auroc"):
+            return None
+        return {"status": "ok", "v": r["score_auroc"].get(name)}
+
+    table: dict[str, dict[str, Stat]] = {}
+    for domain in domains:
+        table[domain] = {n: _stat([[value(domain, s, n)] for s in seeds], "v") for n in names}
+    table[MEAN] = {n: _stat([[value(d, s, n) for d in domains] for s in seeds], "v") for n in names}
+    return table
+
+
+def _served_maps(rows: Sequence[dict[str, Any]], bundle: str) -> str:
+    served = sorted({str(r["served_map"]) for r in rows if r["bundle"] == bundle and r.get("served_map")})
+    return f" The served map: {', '.join(f'`{s}`' for s in served)}." if served else ""
+
+
 def _method_label(method: str, bundle: str) -> str:
     return bundle if method == BUNDLE else BASELINE_LABELS.get(method, method)
 
@@ -207,6 +239,16 @@ def format_benchmark(
         for domain, cells in table.items():
             values = [cells[m][metric].format(pct) for m in DEFAULT_METHODS for metric, _, pct in TABLE_METRICS]
             lines.append(f"| {domain} | " + " | ".join(values) + " |")
+        scores = score_table(rows, bundle, domains, seeds)
+        if scores:
+            names = list(next(iter(scores.values())))
+            lines += [
+                "",
+                f"Every score of the {bundle} bundle's own evaluation (image AUROC %).{_served_maps(rows, bundle)}",
+            ]
+            lines += ["", "| domain | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+            for domain, cells in scores.items():
+                lines.append(f"| {domain} | " + " | ".join(cells[n].format(True) for n in names) + " |")
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         lines += ["", "Failed (marked `failed` above; their logs are in the command's output):"]

@@ -73,7 +73,9 @@ def baseline_key_material(spec: dict[str, Any]) -> dict[str, Any]:
         "test": data.test,
         "image_size": data.image_size,
         "threshold_quantile": data.quantile,
-        "preprocessing": stable_description(baseline_preprocessing(data.image_size, data.intensity_policy).transforms),
+        "preprocessing": stable_description(
+            baseline_preprocessing(data.image_size, data.intensity_policy, data.intensity_range).transforms
+        ),
         "anomalib": anomalib_version(),
         **{key: spec[key] for key in BASELINE_SETTINGS},
     }

@@ -9,7 +9,7 @@ few-shot baselines do) and calibrate on the same held-out target normals
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ class ComparisonData:
     image_size: int
     quantile: float
     intensity_policy: str = "auto"
+    intensity_range: tuple[float, float] | None = None
 
     def summary(self) -> dict[str, Any]:
         labels = [int(it["label"]) for it in self.test]
@@ -67,6 +68,7 @@ class ComparisonData:
             "image_size": self.image_size,
             "threshold_quantile": self.quantile,
             "intensity_policy": self.intensity_policy,
+            "intensity_range": self.intensity_range,
         }
 
 
@@ -89,16 +91,21 @@ def comparison_data(parser: ConfigParser) -> ComparisonData:
         raise ValueError(f"the comparison needs labelled test images; '{dataset}' has none")
     size, quantile = int(parser["image_size"]), float(parser.get("threshold_quantile", 0.95))
     policy = str(parser.get("intensity_policy", "minmax"))
+    window = parser.get("intensity_range")
+    window = None if window is None else (float(window[0]), float(window[1]))
     if "support_loader" in parser:
         seed, k = int(parser["seed"]), int(parser["num_support"])
         source = str(parser.get_parsed_content("support_dir"))
         support, rest = select_support(support_datalist(source), k, seed, source)
         calibration = calibration_holdout(rest, int(parser.get("num_calibration", 16)), seed, source)
-        return ComparisonData("few-shot", dataset, support, calibration, test, size, quantile, policy)
-    return ComparisonData("one-class", dataset, list(datalist.train), list(datalist.val), test, size, quantile, policy)
+        return ComparisonData("few-shot", dataset, support, calibration, test, size, quantile, policy, window)
+    train, val = list(datalist.train), list(datalist.val)
+    return ComparisonData("one-class", dataset, train, val, test, size, quantile, policy, window)
 
 
-def baseline_preprocessing(image_size: int, intensity_policy: str = "auto") -> Compose:
+def baseline_preprocessing(
+    image_size: int, intensity_policy: str = "auto", intensity_range: Sequence[float] | None = None
+) -> Compose:
     """The anomalib baselines' input: 3 channels, ``image_size`` square, intensities in ``[0, 1]`` by the bundle's
     ``intensity_policy`` (the same steps as the PDD and D²4FAD bundles' ``preprocessing``)."""
     return Compose(
@@ -106,7 +113,7 @@ def baseline_preprocessing(image_size: int, intensity_policy: str = "auto") -> C
             LoadAnomalyImaged(keys="image"),
             ChannelPolicyd(keys="image", channels=3),
             Resized(keys="image", spatial_size=(image_size, image_size), mode="bilinear", anti_aliasing=True),
-            IntensityPolicyd(keys="image", minv=0.0, maxv=1.0, policy=intensity_policy),
+            IntensityPolicyd(keys="image", minv=0.0, maxv=1.0, policy=intensity_policy, fixed_range=intensity_range),
             EnsureTyped(keys="image", dtype=torch.float32),
         ]
     )

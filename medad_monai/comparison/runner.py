@@ -113,6 +113,9 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     }
     for key in ("pixel_auroc", "fit_seconds", "latency_ms", "peak_rss_mb", "cuda_peak_mb", "description"):
         row[key] = record.get(key)
+    evaluation = record.get("evaluation") or {}
+    row["score_auroc"] = evaluation.get("auroc")  # every score of the bundle's own evaluation (DDAD: five)
+    row["served_map"] = evaluation.get("served_map")
     return row
 
 

@@ -84,10 +84,35 @@ def _fit_bundle(spec: dict[str, Any], out: Path, device: torch.device) -> tuple[
     return score, served.threshold, description, served.preprocessing
 
 
+def _evaluate_bundle(spec: dict[str, Any], out: Path, device: torch.device) -> dict[str, Any]:
+    """Run the trained bundle's own ``evaluate.json`` (as a user would) and return the AUROC of each score it reports
+    (DDAD reports five), the map it serves and its training report, from its ``metrics.json``."""
+    root = out / "bundle"
+    configs = root / "configs"
+    overrides = {**spec["overrides"], "bundle_root": str(root), "device": f"$torch.device('{device}')"}
+    wf = ConfigWorkflow(
+        config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        run_id="evaluating",
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    return {
+        "auroc": {name: row["auroc"] for name, row in metrics["results"].items()},
+        "served_map": metrics.get("served_map"),
+        "training": metrics.get("training"),
+    }
+
+
 def _fit_baseline(
     name: str, spec: dict[str, Any], data: ComparisonData, device: torch.device
 ) -> tuple[Scorer, float, str, Compose]:
-    transform = baseline_preprocessing(data.image_size, data.intensity_policy)
+    transform = baseline_preprocessing(data.image_size, data.intensity_policy, data.intensity_range)
     model, weights = build_baseline(name, data.image_size, spec["teacher_weights"])
     train = load_batch(data.train, transform)
     generator = torch.Generator().manual_seed(int(spec["seed"]))
@@ -166,6 +191,8 @@ def run_method(spec: dict[str, Any], method: str, out: Path) -> dict[str, Any]:
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "data": data.summary(),
     }
+    if method == BUNDLE:
+        record["evaluation"] = _evaluate_bundle(spec, out, device)
     return record
 
 

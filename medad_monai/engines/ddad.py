@@ -142,31 +142,48 @@ def refinement_checks(network: DDAD, normals: Dataset, synthetic: Dataset, batch
     }
 
 
+# Scores that read the UDM: only images the UDM never saw can judge them fairly.
+_UDM_SCORES = ("inter", "r_dual")
+
+
 @torch.no_grad()
-def select_served_map(network: DDAD, normals: Dataset, pool: Dataset, batch_size: int = 16) -> dict[str, Any]:
+def select_served_map(
+    network: DDAD, normals: Dataset, pool_holdout: Dataset, pool_trained: Dataset | None = None, batch_size: int = 16
+) -> dict[str, Any]:
     """Choose the served map without labels (module docstring, step 6) and set it on ``network``.
 
-    The criterion of each candidate is the AUROC of its image score (the map's mean) on the held-out pool against
-    the validation normals. Candidates are :data:`AUTO_ORDER` (``refined`` is R_dual with a UDM, else R_intra);
-    ties go to the earlier one, and when no candidate exceeds 0.5 the paper's ``refined`` is kept.
+    The criterion of each candidate is the AUROC of its image score (the map's mean) on unlabeled images against
+    the validation normals (:func:`~medad_monai.metrics.score_selection.pool_separation`). Every image compared must
+    be unseen by the models a score reads: scores of the UDM (``inter``, R_dual) use the held-out pool alone; scores
+    of the NDM and ASR-Net alone (``rec``, ``intra``, R_intra) also use the pool the UDM trained on
+    (``pool_trained``), which neither the NDM nor ASR-Net saw. Candidates are :data:`AUTO_ORDER` (``refined`` is
+    R_dual with a UDM, else R_intra); ties go to the earlier one, and when no candidate exceeds 0.5 the paper's
+    ``refined`` is kept.
     """
     network.eval()
     refined = "r_dual" if bool(network.has_udm) else "r_intra"
     names = {"refined": refined, "rec": "rec", "intra": "intra", "inter": "inter"}
 
-    def scores(dataset: Dataset) -> dict[str, np.ndarray]:
+    def scores(dataset: Dataset | None) -> dict[str, np.ndarray]:
+        if dataset is None or len(dataset) == 0:  # type: ignore[arg-type]
+            return {}
         maps = _collect_maps(network, dataset, batch_size)
         return {served: maps[key].flatten(1).mean(1).numpy() for served, key in names.items() if key in maps}
 
-    criteria = pool_separation(scores(normals), scores(pool))
+    held_out, trained = scores(pool_holdout), scores(pool_trained)
+    pool = {
+        name: values if names[name] in _UDM_SCORES or name not in trained else np.r_[values, trained[name]]
+        for name, values in held_out.items()
+    }
+    criteria = pool_separation(scores(normals), pool)
     chosen = select_score(criteria, AUTO_ORDER, fallback="refined")
     network.set_served_map(chosen)
     return {
-        "criterion": "AUROC of the image score, held-out unlabeled pool vs validation normals (no labels)",
+        "criterion": "AUROC of the image score, unseen unlabeled images vs validation normals (no labels)",
         "values": criteria,
         "chosen": chosen,
         "n_normal": len(normals),  # type: ignore[arg-type]
-        "n_pool": len(pool),  # type: ignore[arg-type]
+        "n_pool": {name: len(values) for name, values in pool.items()},
     }
 
 
@@ -184,6 +201,7 @@ class DDADTraining:
         synthetic_validation: the validation normals with one synthetic anomaly each (``image``, ``mask``), for the
             checks; ``None`` skips them.
         pool_holdout: preprocessed unlabeled images held out from the UDM, for ``output_map="auto"``.
+        pool_trained: the preprocessed unlabeled images the UDM trains on (judge the NDM-only scores in ``auto``).
         report_path: where ``training_report.json`` is written; ``None``: next to ``save_path``.
         batch_size: batch size of the checks and the selection.
     """
@@ -200,6 +218,7 @@ class DDADTraining:
         validation: Dataset | None = None,
         synthetic_validation: Dataset | None = None,
         pool_holdout: Dataset | None = None,
+        pool_trained: Dataset | None = None,
         report_path: str | os.PathLike | None = None,
         batch_size: int = 16,
     ) -> None:
@@ -208,7 +227,8 @@ class DDADTraining:
         self.calibrator = calibrator
         self.num_unlabeled = int(num_unlabeled)
         self.save_path = save_path
-        self.validation, self.synthetic_validation, self.pool_holdout = validation, synthetic_validation, pool_holdout
+        self.validation, self.synthetic_validation = validation, synthetic_validation
+        self.pool_holdout, self.pool_trained = pool_holdout, pool_trained
         self.report_path = report_path or os.path.join(os.path.dirname(os.fspath(save_path)), "training_report.json")
         self.batch_size = int(batch_size)
         self.report: dict[str, Any] = {}
@@ -247,13 +267,26 @@ class DDADTraining:
         self.report["refinement_checks"] = checks
 
     def _select(self) -> None:
-        self._require(self.validation, "output_map 'auto' needs validation normals (val_fraction > 0)")
-        self._require(
-            self.pool_holdout,
-            "output_map 'auto' needs held-out unlabeled images (pool_holdout > 0 and a train/unlabeled pool); set "
-            "pool_holdout or choose the served map with output_map",
+        missing = [
+            what
+            for what, data in (
+                ("validation normals (val_fraction > 0)", self.validation),
+                ("held-out unlabeled images (a train/unlabeled pool and pool_holdout > 0)", self.pool_holdout),
+            )
+            if data is None or len(data) == 0  # type: ignore[arg-type]
+        ]
+        if missing:
+            # The fallback is fixed in advance: the paper's refined map (R_dual with a UDM, else R_intra).
+            fallback = self.network.served_map_name()
+            logger.warning(
+                f"DDAD: output_map 'auto' cannot judge the scores without {' and '.join(missing)}: serving the "
+                f"paper's refined map '{fallback}'"
+            )
+            self.report["selection"] = {"chosen": fallback, "criterion": "fallback (no " + " and no ".join(missing) + ")"}
+            return
+        selection = select_served_map(
+            self.network, self.validation, self.pool_holdout, self.pool_trained, self.batch_size
         )
-        selection = select_served_map(self.network, self.validation, self.pool_holdout, self.batch_size)
         values = ", ".join(f"{k} {v:.3f}" for k, v in selection["values"].items())
         logger.info(f"DDAD: output_map 'auto' serves '{selection['chosen']}' ({selection['criterion']}: {values})")
         self.report["selection"] = selection

@@ -7,10 +7,12 @@ network-resolution map, exactly as the bundle's ``postprocessing`` computes it, 
 slice's size with MONAI's ``Invertd`` on the bundle's transforms (as the config's ``Invertd`` does). The slice maps
 are stacked into a map with exactly the input's spatial shape and affine.
 
-Intensity scaling is per slice, on purpose: the 2D bundles were trained on 2D images each min-max scaled on its
-own, so a slice scaled on its own is what the network knows; scaling by the volume's range would make slices that
-hold little of the volume's intensity range look unlike any training image. The cost: an almost empty slice is
-stretched to the full range (a constant slice stays constant).
+Intensity scaling follows the bundle's ``intensity_policy`` slice by slice: a file with a stored range (8/16-bit
+raster, DICOM window) is scaled by that range, as the bundle's loader does; float volumes (NIfTI) are min-max scaled
+per slice, on purpose: the 2D bundles were trained on 2D images each scaled on its own, so a slice scaled on its
+own is what the network knows; scaling by the volume's range would make slices that hold little of the volume's
+intensity range look unlike any training image. The cost: an almost empty slice is stretched to the full range (a
+constant slice stays constant).
 
 MONAI's ``SliceInferer`` was considered: it runs a 2D network over the slices of a tensor at the slices' native size
 and cannot apply per-slice preprocessing (resize, channel policy, per-slice scaling) or per-slice scores, which
@@ -199,10 +201,14 @@ def _score_slices(
     inverter = Invertd(keys="pred", transform=model.image_transforms, orig_keys="image", nearest_interp=False)
     maps: list[torch.Tensor] = []
     scores: list[float] = []
+    # the source file travels with each slice, so that the intensity policy reads its stored range (8/16-bit, DICOM
+    # window) exactly as the bundle's own loader does
+    meta = {"filename_or_obj": source}
     for start in range(0, len(slices), batch_size):
         try:
             items = [
-                model.image_transforms({"image": MetaTensor(s.clone())}) for s in slices[start : start + batch_size]
+                model.image_transforms({"image": MetaTensor(s.clone(), meta=meta)})
+                for s in slices[start : start + batch_size]
             ]
         except Exception as e:  # e.g. a 4D series whose "channels" are time points: name the input
             raise ImageReadError(f"image '{source}' does not fit bundle '{model.root}': {e}") from e

@@ -100,6 +100,8 @@ class AnomalyTrainTask(BundleTrainTask):
         if cfg.get("train#pool_holdout_dataset") is not None:  # DDAD: part of the pool for the label-free choice
             pool, holdout = split_pool(self._unlabeled, float(cfg.get("pool_holdout", 0.0)), int(cfg.get("seed", 0)))
             overrides["train#pool_holdout_dataset#data"] = holdout
+            if cfg.get("train#pool_dataset") is not None:
+                overrides["train#pool_dataset#data"] = pool
         if cfg.get("train#udm_dataset") is not None:  # DDAD: UDM = normals + the unreviewed pool
             overrides["train#udm_dataset#data"] = list(train_data) + pool
         if cfg.get("train#pipeline#num_unlabeled") is not None:  # DDAD trains R_intra only without a pool

@@ -49,7 +49,13 @@ from medad_monai.losses.diversity import diversity_loss
 from medad_monai.losses.feature_regression import level_cosine, level_mse
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import IMAGENET_MEAN, IMAGENET_STD, WideResNetTeacher
-from medad_monai.networks.vmamba import VMAMBA_TINY_CHECKPOINT_NAME, VSSM, vmamba_tiny
+from medad_monai.networks.vmamba import (
+    VANILLA_VMAMBA_TINY_CHECKPOINT_NAME,
+    VMAMBA_TINY_CHECKPOINT_NAME,
+    VSSM,
+    vanilla_vmamba_tiny,
+    vmamba_tiny,
+)
 
 __all__ = [
     "PDD",
@@ -80,14 +86,17 @@ def _loud_warning(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- teachers
-def resolve_vmamba_weights(weights: str | os.PathLike[str] | None) -> tuple[str | None, str]:
+def resolve_vmamba_weights(
+    weights: str | os.PathLike[str] | None, filename: str = VANILLA_VMAMBA_TINY_CHECKPOINT_NAME
+) -> tuple[str | None, str]:
     """Resolve a VMamba-Tiny ``weights`` spec to a checkpoint path (or ``None`` for random initialisation).
 
     Args:
         weights: ``"auto"``: the path in ``$MEDAD_VMAMBA_WEIGHTS`` if set (it must exist), else
-            ``<torch hub dir>/checkpoints/vssm1_tiny_0230s_ckpt_epoch_264.pth`` if present, else random
-            initialisation with a loud warning (nothing is downloaded). ``"random"``/``None``: random initialisation.
-            Anything else: the path of an official checkpoint file.
+            ``<torch hub dir>/checkpoints/<filename>`` if present, else random initialisation with a loud warning
+            (nothing is downloaded). ``"random"``/``None``: random initialisation. Anything else: the path of an
+            official checkpoint file.
+        filename: the official checkpoint's file name looked for in the torch hub cache.
 
     Returns:
         ``(path or None, human-readable description)``.
@@ -101,12 +110,12 @@ def resolve_vmamba_weights(weights: str | os.PathLike[str] | None) -> tuple[str 
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"${VMAMBA_WEIGHTS_ENV} is set to '{env}', which is not a file")
             return path, f"local file {path} (${VMAMBA_WEIGHTS_ENV})"
-        cached = os.path.join(torch.hub.get_dir(), "checkpoints", VMAMBA_TINY_CHECKPOINT_NAME)
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
         if os.path.isfile(cached):
             return cached, f"ImageNet-1k ({cached})"
         _loud_warning(
             "PDD: no VMamba-Tiny checkpoint found (set $MEDAD_VMAMBA_WEIGHTS or the config's vmamba_weights to "
-            f"{VMAMBA_TINY_CHECKPOINT_NAME}, or place it at {cached}). The VMamba teacher is RANDOMLY INITIALISED: "
+            f"{filename}, or place it at {cached}). The VMamba teacher is RANDOMLY INITIALISED: "
             "results will be far below the paper's."
         )
         return None, "random initialisation (no checkpoint found)"
@@ -114,36 +123,29 @@ def resolve_vmamba_weights(weights: str | os.PathLike[str] | None) -> tuple[str 
     return path, f"local file {path}"
 
 
-class VMambaStageOutputs(nn.Module):
-    """VMamba features as the official PDD reads them: the output of every stage *after* its downsampling
-    (``VSSM.forward(feature_list=True)``): at input ``s``, ``[192@s/8, 384@s/16, 768@s/32, 768@s/32]``."""
-
-    def __init__(self, vssm: VSSM) -> None:
-        super().__init__()
-        self.patch_embed = vssm.patch_embed
-        self.layers = vssm.layers
-        self.weights_description = getattr(vssm, "weights_description", "random initialisation")
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.patch_embed(x)
-        outs: list[Tensor] = []
-        for layer in self.layers:
-            x = layer(x)
-            outs.append(x)
-        return outs
+VMAMBA_TEACHERS = ("vanilla_tiny", "vssm1_tiny")
+_VMAMBA_BUILDERS = {"vanilla_tiny": vanilla_vmamba_tiny, "vssm1_tiny": vmamba_tiny}
+_VMAMBA_FILES = {"vanilla_tiny": VANILLA_VMAMBA_TINY_CHECKPOINT_NAME, "vssm1_tiny": VMAMBA_TINY_CHECKPOINT_NAME}
 
 
 def build_vmamba_teacher(
-    weights: str | os.PathLike[str] | None = "auto", chunk_size: int | None = None
-) -> VMambaStageOutputs:
-    """Frozen VMamba-Tiny returning the official PDD features (:class:`VMambaStageOutputs`)."""
-    path, description = resolve_vmamba_weights(weights)
+    weights: str | os.PathLike[str] | None = "auto", kind: str = "vanilla_tiny", chunk_size: int | None = None
+) -> VSSM:
+    """Frozen VMamba-Tiny returning the official PDD features: every stage's output *after* its downsampling
+    (``VSSM.forward(feature_list=True)``), at input ``s`` ``[192@s/8, 384@s/16, 768@s/32, 768@s/32]``.
+
+    ``kind``: ``"vanilla_tiny"`` (official PDD: the original VMamba-T, ``vssmtiny_dp01_ckpt_epoch_292.pth``) or
+    ``"vssm1_tiny"`` (VMamba-T v2 ``vssm1_tiny_0230s``, lighter: d_state 1).
+    """
+    if kind not in VMAMBA_TEACHERS:
+        raise ValueError(f"PDD: vmamba must be one of {VMAMBA_TEACHERS}, got {kind!r}")
+    path, description = resolve_vmamba_weights(weights, _VMAMBA_FILES[kind])
     kwargs = {} if chunk_size is None else {"chunk_size": int(chunk_size)}
-    model = VMambaStageOutputs(vmamba_tiny(weights=path, out_indices=(0, 1, 2, 3), **kwargs))
-    model.weights_description = description
+    model = _VMAMBA_BUILDERS[kind](weights=path, out_mode="after_downsample", **kwargs)
     model.requires_grad_(False)
     model.eval()
-    logger.info("PDD VMamba-Tiny teacher weights: %s", description)
+    model.weights_description = f"{kind}: {description}"  # type: ignore[assignment]
+    logger.info("PDD VMamba teacher (%s) weights: %s", kind, description)
     return model
 
 
@@ -257,6 +259,7 @@ class PDD(nn.Module):
             a loud warning), ``"imagenet"``, ``"random"`` or a ``.pth`` path.
         vmamba_weights: VMamba-Tiny weights: ``"auto"`` (``$MEDAD_VMAMBA_WEIGHTS``, the torch hub cache, else random
             with a loud warning), ``"random"`` or the path of an official checkpoint.
+        vmamba: the VMamba teacher, ``"vanilla_tiny"`` (official) or ``"vssm1_tiny"`` (:func:`build_vmamba_teacher`).
         decoder_blocks: RD decoder blocks per stage, deepest first (official PDD: ``(2, 2, 2)``).
         decoder_width: RD decoder ``width_per_group`` (128 = wide).
         adapter_reduction: bottleneck reduction of the channel adapters (official: 4).
@@ -268,6 +271,9 @@ class PDD(nn.Module):
         prior_cosine: ``"similarity"``: the official code adds ``prior_cos_weight * cos``; ``"distance"``: the
             paper's ``L_prp`` adds ``prior_cos_weight * (1 - cos)``.
         plain_mse_weight: Student 2 ("plain") MSE weight (official 0.02).
+        plain_cos_weight: Student 2 cosine-distance (``1 - cos``) weight (ours; official 0). With MSE weights 0 and
+            both cosine weights 1 (``prior_cosine="distance"``) the students are distilled with reverse
+            distillation's scale-free loss, which does not depend on the teachers' feature magnitudes.
         diversity_weight: weight of the diversity loss (official 0.5).
         tau_low, tau_high: diversity hinges (official and paper, HeadCT: 0.75 and 0.30).
         diverse_levels: how many of the shallowest levels get the diversity hinge (official ``low_dim_layers=1``);
@@ -283,6 +289,7 @@ class PDD(nn.Module):
         image_size: int = 256,
         wrn_weights: str | None = "auto",
         vmamba_weights: str | None = "auto",
+        vmamba: str = "vanilla_tiny",
         decoder_blocks: Sequence[int] = (2, 2, 2),
         decoder_width: int = 128,
         adapter_reduction: int = 4,
@@ -292,6 +299,7 @@ class PDD(nn.Module):
         prior_cos_weight: float = 0.05,
         prior_cosine: str = "similarity",
         plain_mse_weight: float = 0.02,
+        plain_cos_weight: float = 0.0,
         diversity_weight: float = 0.5,
         tau_low: float = 0.75,
         tau_high: float = 0.30,
@@ -314,7 +322,7 @@ class PDD(nn.Module):
             raise ValueError(f"PDD: diverse_levels must be in [0, {_NUM_LEVELS}], got {diverse_levels}")
         self.image_size = int(image_size)
         self.wrn = build_wrn_teacher(wrn_weights)
-        self.vmamba = build_vmamba_teacher(vmamba_weights, vmamba_chunk_size)
+        self.vmamba = build_vmamba_teacher(vmamba_weights, vmamba, vmamba_chunk_size)
         self.teacher_weights: dict[str, str] = {
             "wrn50_2": str(self.wrn.weights_description),
             "vmamba_tiny": str(self.vmamba.weights_description),
@@ -339,6 +347,7 @@ class PDD(nn.Module):
             self.target_adapters.requires_grad_(False)
         self.prior_mse_weight, self.prior_cos_weight = float(prior_mse_weight), float(prior_cos_weight)
         self.prior_cosine, self.plain_mse_weight = prior_cosine, float(plain_mse_weight)
+        self.plain_cos_weight = float(plain_cos_weight)
         self.diversity_weight, self.tau_low, self.tau_high = float(diversity_weight), float(tau_low), float(tau_high)
         self.diverse_levels, self.diversity_per_pixel = int(diverse_levels), bool(diversity_per_pixel)
         self.align_corners = bool(align_corners)
@@ -405,6 +414,8 @@ class PDD(nn.Module):
             cos = len(targets) - cos  # sum over levels of (1 - cos)
         prior = self.prior_mse_weight * level_mse(s_prior, targets) + self.prior_cos_weight * cos
         plain = self.plain_mse_weight * level_mse(targets, s_plain)
+        if self.plain_cos_weight:
+            plain = plain + self.plain_cos_weight * (len(targets) - level_cosine(s_plain, targets))
         div = diversity_loss(
             s_prior,
             s_plain,

@@ -282,7 +282,10 @@ class DDADTraining:
                 f"DDAD: output_map 'auto' cannot judge the scores without {' and '.join(missing)}: serving the "
                 f"paper's refined map '{fallback}'"
             )
-            self.report["selection"] = {"chosen": fallback, "criterion": "fallback (no " + " and no ".join(missing) + ")"}
+            self.report["selection"] = {
+                "chosen": fallback,
+                "criterion": "fallback (no " + " and no ".join(missing) + ")",
+            }
             return
         selection = select_served_map(
             self.network, self.validation, self.pool_holdout, self.pool_trained, self.batch_size

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_text", "atomic_write_json", "remove_stale_temporaries"]
 
 
 @contextmanager
@@ -33,6 +33,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` leaves next to ``path`` when a process is killed mid-write
+    (``.<name>.*.tmp``; an exception removes its own). Call it when a run that owns ``path`` starts."""
+    dest = Path(path)
+    if not dest.parent.is_dir():
+        return []
+    stale = sorted(dest.parent.glob(f".{dest.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -13,9 +13,11 @@
    from validation normals (:mod:`medad_monai.metrics.score_selection`);
 7. calibration: the validation-normal evaluator sets the model's decision threshold.
 
-The model is saved atomically after every stage, so an interrupted run keeps the finished stages. The checks, the
-choice and its criteria go to ``training_report.json`` beside the model (the evaluation copies it into
-``metrics.json``).
+After every stage the state is saved atomically to its own file beside the model (``model.ndm.pt``,
+``model.udm.pt``, ``model.asr.pt``); ``model.pt`` itself is replaced only once every stage and the calibration have
+finished (with a finite threshold), and the stage files are then removed. A run killed or failing half-way thus never
+replaces a working model. The checks, the choice and its criteria go to ``training_report.json`` beside the model
+(the evaluation copies it into ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from medad_monai.engines.distributed import is_rank_zero
-from medad_monai.io import atomic_torch_save, atomic_write_json
+from medad_monai.io import atomic_torch_save, atomic_write_json, remove_stale_temporaries
 from medad_monai.metrics.refinement_checks import is_non_decreasing, pixel_separation, probe_response
 from medad_monai.metrics.score_selection import pool_separation, select_score
 from medad_monai.networks.ddad import DDAD, OUTPUT_MAPS
 
 __all__ = ["DDADTraining", "refinement_checks", "select_served_map"]
+
+# The training stages, in order; each one's state is saved to its own file beside the model.
+STAGES = ("NDM", "UDM", "ASR")
 
 logger = logging.getLogger("medad_monai")
 
@@ -195,7 +200,8 @@ class DDADTraining:
         ndm_trainer, udm_trainer, asr_trainer: MONAI trainers of the three stages.
         calibrator: evaluator over validation normals whose handlers set ``network.threshold``.
         num_unlabeled: size of the unlabeled pool the UDM trains on; 0 trains R_intra only.
-        save_path: where the model's flat state dict is written (atomically) after each stage.
+        save_path: where the model's flat state dict is written (atomically) once training and calibration have
+            succeeded; the stages' states go to ``<stem>.<stage><suffix>`` beside it.
         validation: preprocessed validation normals (needed by the checks, ``refine_input="saturate"`` and
             ``output_map="auto"``).
         synthetic_validation: the validation normals with one synthetic anomaly each (``image``, ``mask``), for the
@@ -233,11 +239,34 @@ class DDADTraining:
         self.batch_size = int(batch_size)
         self.report: dict[str, Any] = {}
 
+    def stage_path(self, stage: str) -> str:
+        """The file of a stage's state, beside the model: ``model.pt`` -> ``model.ndm.pt``."""
+        stem, suffix = os.path.splitext(os.fspath(self.save_path))
+        return f"{stem}.{stage.lower()}{suffix}"
+
     def _save(self, stage: str) -> None:
         if not is_rank_zero():  # multi-process training: one writer
             return
+        path = self.stage_path(stage)
+        atomic_torch_save(self.network.state_dict(), path)
+        logger.info(f"DDAD: saved the state after stage '{stage}' to {path}")
+
+    def _clean(self) -> None:
+        if not is_rank_zero():
+            return
+        paths = [self.save_path, *(self.stage_path(s) for s in STAGES)]
+        for tmp in [t for p in paths for t in remove_stale_temporaries(p)]:
+            logger.info(f"DDAD: removed {tmp}, left by an interrupted save")
+
+    def _publish(self) -> None:
+        """Swap the finished model in as ``model.pt`` and drop the stage files."""
+        if not is_rank_zero():
+            return
         atomic_torch_save(self.network.state_dict(), self.save_path)
-        logger.info(f"DDAD: saved the model after stage '{stage}' to {self.save_path}")
+        logger.info(f"DDAD: saved the model (every stage and the calibration finished) to {self.save_path}")
+        for stage in STAGES:
+            if os.path.exists(self.stage_path(stage)):
+                os.remove(self.stage_path(stage))
 
     @staticmethod
     def _require(data: Dataset | None, message: str) -> None:
@@ -303,6 +332,7 @@ class DDADTraining:
                 "DDAD: no unlabeled pool (train/unlabeled is empty or absent): training the NDM and R_intra "
                 "only; the model will serve R_intra (A_inter and R_dual need a UDM)"
             )
+        self._clean()
         self.report = {
             "output_map": self.network.output_map,
             "refinement": self.network.refinement,
@@ -326,8 +356,14 @@ class DDADTraining:
         self.report["served_map"] = self.network.served_map_name()
         if self.calibrator is not None:
             self.calibrator.run()
-            logger.info(f"DDAD: decision threshold {float(self.network.threshold):.6g} (validation normals)")
-            self._save("calibration")
+            threshold = float(self.network.threshold)
+            if not np.isfinite(threshold):
+                raise RuntimeError(
+                    f"DDAD: threshold calibration gave {threshold} (no finite validation scores?); "
+                    f"{self.save_path} was not replaced, the trained stages are in {self.stage_path('ASR')}"
+                )
+            logger.info(f"DDAD: decision threshold {threshold:.6g} (validation normals)")
         self.report["threshold"] = float(self.network.threshold)
+        self._publish()
         if is_rank_zero():
             atomic_write_json(self.report, self.report_path)

@@ -9,14 +9,18 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from medad_monai.engines.distributed import is_rank_zero
-from medad_monai.io import atomic_torch_save
+from medad_monai.io import atomic_torch_save, remove_stale_temporaries
 
 __all__ = ["AtomicModelSaver"]
 
 
 class AtomicModelSaver:
-    """Write ``network.state_dict()`` to ``save_dir/filename`` when the engine completes (and every
-    ``epoch_interval`` epochs if > 0), through a temporary file and ``os.replace``.
+    """Write ``network.state_dict()`` to ``save_dir/filename`` when the engine completes, through a temporary file
+    and ``os.replace``, so a killed or failed run never replaces a working model with a half-trained one.
+
+    With ``epoch_interval > 0`` the state is also written every ``epoch_interval`` epochs, to its own file
+    ``<stem>.last_epoch<suffix>`` beside the model (never ``filename``). Temporary files a killed earlier save left
+    beside either file are removed when training starts.
 
     The flat state dict is what MONAI's ``CheckpointLoader(load_dict={"model": net})``, ``ckpt_export`` and
     MONAI Label load.
@@ -26,12 +30,28 @@ class AtomicModelSaver:
         self, save_dir: str | os.PathLike, network: nn.Module, filename: str = "model.pt", epoch_interval: int = 0
     ) -> None:
         self.path = os.path.join(save_dir, filename)
+        stem, suffix = os.path.splitext(filename)
+        self.epoch_path = os.path.join(save_dir, f"{stem}.last_epoch{suffix}")
         self.network, self.epoch_interval = network, epoch_interval
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.clean)
         if self.epoch_interval > 0:
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.epoch_interval), self.save)
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.epoch_interval), self.save_epoch)
         engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def clean(self, engine: Engine | None = None) -> None:
+        if not is_rank_zero():
+            return
+        for tmp in remove_stale_temporaries(self.path) + remove_stale_temporaries(self.epoch_path):
+            logging.getLogger("medad_monai").info(f"removed {tmp}, left by an interrupted save")
+
+    def save_epoch(self, engine: Engine | None = None) -> None:
+        if not is_rank_zero():
+            return
+        atomic_torch_save(self.network.state_dict(), self.epoch_path)
+        epoch = f" (epoch {engine.state.epoch})" if engine is not None else ""
+        logging.getLogger("medad_monai").info(f"saved the epoch checkpoint{epoch} to {self.epoch_path}")
 
     def save(self, engine: Engine | None = None) -> None:
         if not is_rank_zero():  # multi-process training: one writer

@@ -1,0 +1,117 @@
+"""Nothing lost, nothing half-written: options are checked before training, a training that fails half-way never
+replaces a working ``model.pt``, and temporary files of a killed save are cleaned up by the next run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from bundle_testing import bundle_workflow
+from ignite.engine import Engine, Events
+from torch import nn
+
+from medad_monai.engines.ddad import DDADTraining
+from medad_monai.handlers.checkpoint import AtomicModelSaver
+from medad_monai.io import remove_stale_temporaries
+from medad_monai.options import OptionError, check_options
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _configs(bundle: str) -> tuple[str, str]:
+    configs = REPO / "bundles" / bundle / "configs"
+    return str(configs / "train.json"), str(configs / "metadata.json")
+
+
+def test_check_options_names_each_bad_option_with_its_value():
+    check_options(epochs=3, epoch_length=None, threshold_quantile=0.95, val_fraction=0.0, seed=-1)
+    with pytest.raises(OptionError, match=r"--epochs must be a positive integer, got 'abc' \(str\)"):
+        check_options(epochs="abc")
+    with pytest.raises(OptionError) as err:
+        check_options(threshold_quantile=2, val_fraction=1.0, batch_size=0, epoch_length=2.5)
+    message = str(err.value)
+    for expected in ("--threshold_quantile", "got 2 ", "--val_fraction", "--batch_size", "--epoch_length"):
+        assert expected in message, message
+    with pytest.raises(OptionError, match="--epochs"):
+        check_options(epochs=True)  # a bool is not an epoch count
+    with pytest.raises(OptionError, match="--learning_rate"):
+        check_options(learning_rate=float("nan"))
+    with pytest.raises(KeyError, match="no rule for option 'epoch'"):
+        check_options(epoch=1)
+
+
+@pytest.mark.parametrize("bundle", ["ddad", "pdd", "d24fad"])
+@pytest.mark.parametrize("override", [{"epochs": "abc"}, {"threshold_quantile": 2}])
+def test_bad_options_stop_a_bundle_before_anything_is_trained(bundle, override, tmp_path):
+    train, meta = _configs(bundle)
+    with pytest.raises(Exception) as err:  # bundle_workflow initialises, as `monai.bundle run` does first
+        bundle_workflow(train, meta, run_id="training", bundle_root=str(tmp_path), **override).run()
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(isinstance(c, OptionError) and f"--{next(iter(override))}" in str(c) for c in chain), chain
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_remove_stale_temporaries_only_touches_the_files_of_that_path(tmp_path):
+    model = tmp_path / "model.pt"
+    stale = [tmp_path / ".model.pt.abc123.tmp", tmp_path / ".model.pt.x.tmp"]
+    keep = [tmp_path / ".other.pt.abc.tmp", tmp_path / "model.pt.tmp", model]
+    for p in stale + keep:
+        p.write_bytes(b"x")
+    assert remove_stale_temporaries(model) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)
+    assert remove_stale_temporaries(tmp_path / "missing" / "model.pt") == []
+
+
+def test_model_saver_writes_epoch_checkpoints_beside_the_model_and_cleans_up(tmp_path):
+    net = nn.Linear(2, 1)
+    (tmp_path / ".model.pt.killed.tmp").write_bytes(b"partial")
+    engine = Engine(lambda e, b: None)
+    AtomicModelSaver(tmp_path, net, epoch_interval=1).attach(engine)
+    seen = []
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _model_untouched_during_training(e):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+
+    engine.run([0], max_epochs=2)
+    assert seen == [["model.last_epoch.pt"], ["model.last_epoch.pt"]]  # never model.pt before the end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.last_epoch.pt", "model.pt"]
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], net.weight)
+
+
+def test_ddad_failing_after_its_stages_keeps_the_previous_model(tmp_path, monkeypatch):
+    """A run that fails after training (here: in the served-map choice) leaves the earlier model.pt as it was,
+    keeps the trained stages in their own files, and removes the temporary file a killed save had left."""
+    train, meta = _configs("ddad")
+    tiny = {"epochs": 1, "asr_epochs": 1, "num_members": 2}
+    wf = bundle_workflow(train, meta, run_id="training", bundle_root=str(tmp_path), **tiny)
+    wf.run()
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["model.pt", "training_report.json"]  # stage files removed
+    before = (models / "model.pt").read_bytes()
+    (models / ".model.pt.killed.tmp").write_bytes(b"partial")
+
+    def fail(self):
+        raise RuntimeError("simulated failure after the stages")
+
+    monkeypatch.setattr(DDADTraining, "_select", fail)
+    wf = bundle_workflow(train, meta, run_id="training", bundle_root=str(tmp_path), seed=1, **tiny)
+    with pytest.raises(RuntimeError, match="ConfigExpression") as err:  # MONAI wraps the run expression's error
+        wf.run()
+    assert "simulated failure" in str(err.value.__cause__)
+    assert (models / "model.pt").read_bytes() == before
+    assert sorted(p.name for p in models.iterdir()) == [
+        "model.asr.pt",
+        "model.ndm.pt",
+        "model.pt",
+        "model.udm.pt",
+        "training_report.json",
+    ]
+    stage = torch.load(models / "model.asr.pt", weights_only=True)
+    assert not torch.isfinite(stage["threshold"])  # the stage states are not calibrated models
+    assert not any(name.endswith(".tmp") for name in os.listdir(models))

@@ -7,6 +7,7 @@ Loading with errors that name the file, each method's channel policy, mask check
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from functools import lru_cache
@@ -368,10 +369,17 @@ class ThresholdDecisiond(MapTransform):
     def __init__(self, network: nn.Module, score_key: str = "score", decision_key: str = "decision") -> None:
         super().__init__([score_key])
         self.network, self.score_key, self.decision_key = network, score_key, decision_key
+        self._warned = False
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         threshold = float(self.network.threshold)
+        if not np.isfinite(threshold) and not self._warned:  # an incomplete model: say so once, loudly
+            logging.getLogger("medad_monai").warning(
+                "the model has no calibrated threshold (NaN): every decision is -1 (undecided). Its training did not "
+                "finish the calibration on validation normals; retrain it (or calibrate) before relying on decisions."
+            )
+            self._warned = True
         d["threshold"] = threshold
         d[self.decision_key] = int(float(d[self.score_key]) > threshold) if np.isfinite(threshold) else -1
         return d

@@ -115,3 +115,18 @@ def test_ddad_failing_after_its_stages_keeps_the_previous_model(tmp_path, monkey
     stage = torch.load(models / "model.asr.pt", weights_only=True)
     assert not torch.isfinite(stage["threshold"])  # the stage states are not calibrated models
     assert not any(name.endswith(".tmp") for name in os.listdir(models))
+
+
+def test_an_uncalibrated_model_is_served_with_a_loud_warning(caplog):
+    from medad_monai.transforms import ThresholdDecisiond
+
+    net = nn.Module()
+    net.register_buffer("threshold", torch.tensor(float("nan")))
+    decide = ThresholdDecisiond(net)
+    with caplog.at_level("WARNING", logger="medad_monai"):
+        rows = [decide({"score": torch.tensor(s)}) for s in (0.1, 5.0)]
+    assert [r["decision"] for r in rows] == [-1, -1]
+    warnings = [r for r in caplog.records if "no calibrated threshold" in r.getMessage()]
+    assert len(warnings) == 1  # once per run, not per image
+    net.threshold.fill_(1.0)
+    assert [decide({"score": torch.tensor(s)})["decision"] for s in (0.1, 5.0)] == [0, 1]

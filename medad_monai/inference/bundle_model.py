@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import pydoc
@@ -25,6 +26,8 @@ from monai.transforms import Compose, LoadImage, LoadImaged
 from torch import nn
 
 from medad_monai.transforms import LoadAnomalyImaged
+
+logger = logging.getLogger("medad_monai")
 
 __all__ = ["BundleLoadError", "BundleModel", "file_version", "load_bundle_model", "model_version"]
 
@@ -294,6 +297,12 @@ def load_bundle_model(
             if setup is True or (setup == "auto" and not holds_state):
                 _run_setup_handlers(parser, root)
     network.eval()
+    threshold = getattr(network, "threshold", None)
+    if isinstance(threshold, torch.Tensor) and threshold.numel() == 1 and not torch.isfinite(threshold).item():
+        logger.warning(
+            f"bundle '{root}': model '{model_file}' has no calibrated threshold (NaN): scores and maps are served, "
+            "every decision is -1 (undecided). Its training did not finish the calibration; retrain it."
+        )
     return BundleModel(
         root=root,
         name=str(metadata.get("name", root.name)),

@@ -7,6 +7,7 @@ Loading with errors that name the file, each method's channel policy, mask check
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
@@ -388,8 +389,11 @@ class ThresholdDecisiond(MapTransform):
 class SaveAnomalyMapd(MapTransform):
     """Write each anomaly map as float32 NIfTI ``<output_dir>/<source stem>_<postfix>.nii.gz``, atomically.
 
-    The map keeps the affine of its (inverted, i.e. original-geometry) MetaTensor, so it overlays the input in a
-    viewer. The written path is stored under ``<key>_file``.
+    Names never collide within a run: a second source with the same stem (``a/x.png`` and ``b/x.png``, or ``x.dcm``
+    and ``x.nii.gz``) gets ``<stem>_<8 hex digits of its path's SHA-1>_<postfix>.nii.gz``, so no map overwrites
+    another and each CSV row points to its own file. The map keeps the affine of its (inverted, i.e.
+    original-geometry) MetaTensor, so it overlays the input in a viewer. The written path is stored under
+    ``<key>_file``.
     """
 
     def __init__(
@@ -397,6 +401,16 @@ class SaveAnomalyMapd(MapTransform):
     ) -> None:
         super().__init__(keys)
         self.output_dir, self.postfix, self.image_key = output_dir, postfix, image_key
+        self._names: dict[str, str] = {}  # output name -> the source written there in this run
+
+    def output_name(self, source: str) -> str:
+        """The file name (without folder) of ``source``'s map; unique among the sources seen by this transform."""
+        stem = file_stem(source)
+        name = f"{stem}_{self.postfix}.nii.gz"
+        if self._names.setdefault(name, source) != source:
+            name = f"{stem}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_{self.postfix}.nii.gz"
+            self._names.setdefault(name, source)
+        return name
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -405,8 +419,7 @@ class SaveAnomalyMapd(MapTransform):
             arr = torch.as_tensor(m).detach().cpu().float().numpy()
             arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
             affine = np.asarray(m.affine if isinstance(m, MetaTensor) else np.eye(4), dtype=np.float64)
-            stem = file_stem(source_name(d.get(self.image_key, m)))
-            path = os.path.join(self.output_dir, f"{stem}_{self.postfix}.nii.gz")
+            path = os.path.join(self.output_dir, self.output_name(source_name(d.get(self.image_key, m))))
             nifti = nib.Nifti1Image(arr.astype(np.float32), affine)
             with atomic_path(path) as tmp:
                 tmp.write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=6))

@@ -130,3 +130,23 @@ def test_an_uncalibrated_model_is_served_with_a_loud_warning(caplog):
     assert len(warnings) == 1  # once per run, not per image
     net.threshold.fill_(1.0)
     assert [decide({"score": torch.tensor(s)})["decision"] for s in (0.1, 5.0)] == [0, 1]
+
+
+def test_maps_of_sources_with_the_same_stem_never_overwrite_each_other(tmp_path):
+    from monai.data import MetaTensor
+
+    from medad_monai.transforms import SaveAnomalyMapd
+
+    save = SaveAnomalyMapd(keys="pred", output_dir=str(tmp_path / "out"))
+    sources = ["/data/a/x.png", "/data/b/x.png", "/data/x.dcm", "/data/a/x.png"]
+    written = []
+    for i, src in enumerate(sources):
+        image = MetaTensor(torch.zeros(1, 4, 4), meta={"filename_or_obj": src})
+        out = save({"image": image, "pred": MetaTensor(torch.full((1, 4, 4), float(i)))})
+        written.append(Path(out["pred_file"]).name)
+    assert written[0] == "x_anomaly_map.nii.gz" and written[3] == written[0]  # the same source keeps its name
+    assert len(set(written[:3])) == 3 and all(w.startswith("x_") for w in written)
+    import nibabel as nib
+
+    values = {w: float(nib.load(tmp_path / "out" / w).get_fdata().max()) for w in written[1:3]}
+    assert sorted(values.values()) == [1.0, 2.0]  # each file holds its own map

@@ -150,3 +150,22 @@ def test_maps_of_sources_with_the_same_stem_never_overwrite_each_other(tmp_path)
 
     values = {w: float(nib.load(tmp_path / "out" / w).get_fdata().max()) for w in written[1:3]}
     assert sorted(values.values()) == [1.0, 2.0]  # each file holds its own map
+
+
+def test_evaluation_without_abnormal_test_images_refuses_with_the_counts(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from medad_monai.data.datalists import AnomalyDatalist
+
+    for split in ("train/good", "test/good"):
+        (tmp_path / split).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 10 * i, dtype=np.uint8)).save(tmp_path / split / f"{i}.png")
+    data = AnomalyDatalist(tmp_path)
+    assert len(data.test) == 3  # inference-style access still works
+    with pytest.raises(ValueError, match=r"holds 3 normal \(test/good\) and 0 abnormal \(test/bad\)"):
+        _ = data.evaluation
+    (tmp_path / "test" / "bad").mkdir()
+    Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(tmp_path / "test" / "bad" / "b.png")
+    assert [it["label"] for it in data.evaluation].count(1) == 1

@@ -270,6 +270,24 @@ class AnomalyDatalist:
             return load_json_datalist(self.datalist, "test")
         return folder_datalist(self.dataset_dir, "test")
 
+    @property
+    def evaluation(self) -> list[dict[str, Any]]:
+        """The test images, checked to hold both normal and abnormal ones (AUROC and AP need both).
+
+        Raises:
+            ValueError: naming the split and the counts, before any image is scored.
+        """
+        items = self.test
+        normal = sum(int(it.get("label", UNKNOWN_LABEL)) == 0 for it in items)
+        abnormal = sum(int(it.get("label", UNKNOWN_LABEL)) == 1 for it in items)
+        if normal == 0 or abnormal == 0:
+            where = f"datalist '{self.datalist}' (key 'test')" if self.datalist else f"'{self.dataset_dir}/test'"
+            raise ValueError(
+                f"evaluation needs normal and abnormal test images; {where} holds {normal} normal (test/good) and "
+                f"{abnormal} abnormal (test/bad) images. To score unlabelled images, run inference.json instead."
+            )
+        return items
+
 
 def input_datalist(path: str | os.PathLike, key: str = "test") -> list[dict[str, Any]]:
     """Items to run inference on: every image under a folder (recursively), a JSON datalist, or one file."""

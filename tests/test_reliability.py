@@ -169,3 +169,20 @@ def test_evaluation_without_abnormal_test_images_refuses_with_the_counts(tmp_pat
     (tmp_path / "test" / "bad").mkdir()
     Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(tmp_path / "test" / "bad" / "b.png")
     assert [it["label"] for it in data.evaluation].count(1) == 1
+
+
+def test_too_few_training_normals_are_named_in_terms_of_the_folder_and_val_fraction(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from medad_monai.data.datalists import AnomalyDatalist
+
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), i, dtype=np.uint8)).save(tmp_path / "train" / "good" / f"{i}.png")
+    data = AnomalyDatalist(tmp_path, val_fraction=0.2, min_train=2)
+    with pytest.raises(ValueError, match=r"train/good': 2 normal images, 1 held out .*val_fraction 0.2.*leaves 1"):
+        _ = data.train
+    assert len(AnomalyDatalist(tmp_path, val_fraction=0.0, min_train=2).train) == 2
+    with pytest.raises(ValueError, match=r"train/good': cannot hold out .*lower --val_fraction"):
+        _ = AnomalyDatalist(tmp_path, val_fraction=0.9).train

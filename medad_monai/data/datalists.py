@@ -206,6 +206,8 @@ class AnomalyDatalist:
         seed: seed of the validation split.
         pool_holdout: fraction of the unlabeled pool held out from training (:func:`split_pool`), for label-free
             choices that compare held-out pool images with validation normals.
+        min_train: the fewest training normals the bundle can train on (after the validation hold-out); fewer is a
+            ``ValueError`` in terms of ``train/good`` and ``val_fraction``.
     """
 
     def __init__(
@@ -215,8 +217,10 @@ class AnomalyDatalist:
         val_fraction: float = 0.15,
         seed: int = 0,
         pool_holdout: float = 0.0,
+        min_train: int = 1,
     ) -> None:
         self.dataset_dir = dataset_dir
+        self.min_train = int(min_train)
         self.datalist = datalist
         self.val_fraction = val_fraction
         self.seed = seed
@@ -233,7 +237,22 @@ class AnomalyDatalist:
             if not val:
                 train, val = split_validation(train, self.val_fraction, self.seed)
         else:
-            train, val = split_validation(folder_datalist(self.dataset_dir, "train"), self.val_fraction, self.seed)
+            normals = folder_datalist(self.dataset_dir, "train")
+            try:
+                train, val = split_validation(normals, self.val_fraction, self.seed)
+            except ValueError as e:
+                raise ValueError(
+                    f"'{self.dataset_dir}/train/good': {e}; add normal images or lower --val_fraction"
+                ) from e
+        if len(train) < self.min_train:
+            where = (
+                f"datalist '{self.datalist}' (key 'training')" if self.datalist else f"'{self.dataset_dir}/train/good'"
+            )
+            raise ValueError(
+                f"{where}: {len(train) + len(val)} normal images, {len(val)} held out for validation "
+                f"(val_fraction {self.val_fraction}), leaves {len(train)} for training; at least {self.min_train} "
+                "are needed: add normal images or lower --val_fraction"
+            )
         self._train, self._val = train, val
 
     @property

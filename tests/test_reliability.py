@@ -186,3 +186,23 @@ def test_too_few_training_normals_are_named_in_terms_of_the_folder_and_val_fract
     assert len(AnomalyDatalist(tmp_path, val_fraction=0.0, min_train=2).train) == 2
     with pytest.raises(ValueError, match=r"train/good': cannot hold out .*lower --val_fraction"):
         _ = AnomalyDatalist(tmp_path, val_fraction=0.9).train
+
+
+def test_a_d24fad_support_folder_with_fewer_than_k_images_stops_training_before_it_starts(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    support = tmp_path / "support"
+    support.mkdir()
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(support / "only.png")
+    train, meta = _configs("d24fad")
+    tiny = {"epochs": 1, "epoch_length": 2, "batch_size": 2, "num_support": 2, "teacher_weights": "random"}
+    wf = bundle_workflow(train, meta, run_id="training", bundle_root=str(tmp_path), support_dir=str(support), **tiny)
+    trained = []
+    wf.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: trained.append(e.state.iteration)
+    )
+    with pytest.raises(RuntimeError) as err:
+        wf.run()
+    assert "has 1 normal image(s), fewer than num_support=2" in str(err.value.__cause__)
+    assert trained == []  # not one training step

@@ -163,6 +163,15 @@ class SupportSetLoader:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(getattr(Events, self.event), self)
+        if self.event == "COMPLETED":  # set up after training: check the support images before training starts
+            engine.add_event_handler(Events.STARTED, self.check)
+
+    def check(self, engine: Engine | None = None) -> None:
+        """Raise now, not after training, if the support source has fewer than K images (files are not read)."""
+        if self.support is None or (isinstance(self.support, str) and self.support.strip().lower() in ("", "none")):
+            return
+        k = int(self.num_support or self.network.num_support)
+        select_support(support_datalist(self.support), k, self.seed, str(self.support))
 
     def __call__(self, engine: Engine | None = None) -> None:
         self.apply()

@@ -206,3 +206,18 @@ def test_a_d24fad_support_folder_with_fewer_than_k_images_stops_training_before_
         wf.run()
     assert "has 1 normal image(s), fewer than num_support=2" in str(err.value.__cause__)
     assert trained == []  # not one training step
+
+
+def test_model_version_follows_the_weights_not_the_file_bytes(tmp_path):
+    from medad_monai.inference.bundle_model import file_version
+    from medad_monai.io import atomic_torch_save
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "threshold": torch.tensor(0.5)}
+    a, b = atomic_torch_save(state, tmp_path / "a" / "model.pt"), atomic_torch_save(state, tmp_path / "b" / "model.pt")
+    assert a.read_bytes() != b.read_bytes()  # the archive's folder is named after the random temporary file
+    assert file_version(a) == file_version(b)
+    changed = atomic_torch_save({**state, "threshold": torch.tensor(0.6)}, tmp_path / "c" / "model.pt")
+    assert file_version(changed) != file_version(a)
+    plain = tmp_path / "weights.bin"
+    plain.write_bytes(b"not a zip")
+    assert len(file_version(plain)) == 16

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import pydoc
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,19 +41,31 @@ class BundleLoadError(RuntimeError):
 
 
 def file_version(path: str | os.PathLike) -> str:
-    """Content version of a file: the first 16 hex digits of its SHA-256, memoised by (path, mtime, size).
+    """Content version of a model file: the first 16 hex digits of a SHA-256, memoised by (path, mtime, size).
 
-    Hashing the bytes (not only the modification time) means a model copied with a new mtime but identical
-    weights keeps its version, and a retrained model with the same size gets a new one.
+    ``torch.save`` and TorchScript files are zip archives whose top-level folder is named after the file they were
+    first written to (for an atomic save, a random temporary name), so two bit-identical trainings give different
+    bytes. For a zip archive the hash covers each member's path below that folder and its content, i.e. the weights
+    and code, not the name; any other file is hashed byte for byte. A model copied with a new mtime keeps its
+    version; a retrained model of the same size gets a new one.
     """
     p = Path(path).resolve()
     st = p.stat()
     key = (str(p), st.st_mtime_ns, st.st_size)
     if key not in _VERSION_CACHE:
         h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as zf:
+                members = sorted((info.filename.partition("/")[2], info) for info in zf.infolist() if not info.is_dir())
+                for name, info in members:
+                    h.update(name.encode() + b"\0")
+                    with zf.open(info) as f:
+                        for block in iter(lambda: f.read(1 << 20), b""):
+                            h.update(block)
+        else:
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
         _VERSION_CACHE[key] = h.hexdigest()[:16]
     return _VERSION_CACHE[key]
 

@@ -158,7 +158,7 @@ def test_metadata_is_valid_against_the_schema_offline(tmp_path):
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
     assert meta["network_data_format"]["inputs"]["image"]["value_range"] == [0, 1]
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "anomaly"}
-    assert all(v > 0.5 for v in meta["eval_metrics"].values())  # measured, not placeholders
+    assert all(v > 0.5 for k, v in meta["eval_metrics"].items() if k != "note")  # measured, not placeholders
 
 
 def _folder(root: Path, n: int, size: int = 64) -> Path:

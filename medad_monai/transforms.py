@@ -139,11 +139,24 @@ _PIL_MODE_RANGE.update({"RGBA": (0.0, 255.0), "I;16": (0.0, 65535.0), "I;16B": (
 def storage_range(path: str) -> tuple[float, float] | None:
     """The fixed intensity range an image file defines, read from its header (no pixel data is decoded).
 
+    Memoised by (path, modification time, size): the policy asks once per image and epoch, and once per slice of a
+    volume, so the header is read once.
+
     * 8- and 16-bit PNG/JPEG/BMP/TIFF: the range of their bit depth, ``(0, 255)`` or ``(0, 65535)``;
     * DICOM with a VOI window (``WindowCenter``/``WindowWidth``, first value): ``center -/+ width / 2``, the window
       a viewer shows (applied to the rescaled values MONAI's reader returns);
     * anything else (NIfTI, float TIFF, DICOM without a window, a folder, an in-memory array): ``None``.
     """
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # an in-memory image's placeholder name, a missing file
+        return None
+    return _storage_range(path, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=4096)
+def _storage_range(path: str, mtime_ns: int, size: int) -> tuple[float, float] | None:
+    """:func:`storage_range` read from the file; ``mtime_ns`` and ``size`` only key the cache."""
     name = path.lower()
     try:
         if name.endswith(_RASTER_SUFFIXES):

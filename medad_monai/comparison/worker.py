@@ -55,25 +55,31 @@ def _score_all(score: Scorer, images: torch.Tensor, batch_size: int) -> tuple[to
     return torch.cat(maps), torch.cat(scores).numpy()
 
 
+def _run_workflow(
+    root: Path, config_names: list[str], run_id: str, overrides: dict[str, Any], device: torch.device
+) -> None:
+    """Run ``run_id`` of the bundle copy at ``root`` (its ``configs/<config_names>``) as ``monai.bundle run`` does."""
+    configs = root / "configs"
+    wf = ConfigWorkflow(
+        config_file=[str(configs / name) for name in config_names],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        run_id=run_id,
+        **{**overrides, "bundle_root": str(root), "device": f"$torch.device('{device}')"},
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+
+
 def _fit_bundle(spec: dict[str, Any], out: Path, device: torch.device) -> tuple[Scorer, float, str, Compose]:
     """Train the bundle's own ``train.json`` in a copy of the bundle under ``out``; serve it as MONAI Label and
     MONAI Deploy do (:func:`~medad_monai.inference.bundle_model.load_bundle_model`)."""
     root = out / "bundle"
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(spec["configs"], root / "configs")
-    overrides = {**spec["overrides"], "bundle_root": str(root), "device": f"$torch.device('{device}')"}
-    configs = root / "configs"
-    wf = ConfigWorkflow(
-        config_file=str(configs / "train.json"),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        run_id="training",
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    _run_workflow(root, ["train.json"], "training", spec["overrides"], device)
     served = load_bundle_model(root, device, overrides=spec["overrides"])
 
     def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,19 +94,7 @@ def _evaluate_bundle(spec: dict[str, Any], out: Path, device: torch.device) -> d
     """Run the trained bundle's own ``evaluate.json`` (as a user would) and return the AUROC of each score it reports
     (DDAD reports five), the map it serves and its training report, from its ``metrics.json``."""
     root = out / "bundle"
-    configs = root / "configs"
-    overrides = {**spec["overrides"], "bundle_root": str(root), "device": f"$torch.device('{device}')"}
-    wf = ConfigWorkflow(
-        config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        run_id="evaluating",
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    _run_workflow(root, ["train.json", "evaluate.json"], "evaluating", spec["overrides"], device)
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     return {
         "auroc": {name: row["auroc"] for name, row in metrics["results"].items()},

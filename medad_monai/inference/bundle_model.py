@@ -40,6 +40,11 @@ class BundleLoadError(RuntimeError):
     """A bundle could not be loaded for serving; the message names the bundle path and the missing piece."""
 
 
+def _hash_stream(h: Any, f: Any) -> None:
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+
+
 def file_version(path: str | os.PathLike) -> str:
     """Content version of a model file: the first 16 hex digits of a SHA-256, memoised by (path, mtime, size).
 
@@ -60,12 +65,10 @@ def file_version(path: str | os.PathLike) -> str:
                 for name, info in members:
                     h.update(name.encode() + b"\0")
                     with zf.open(info) as f:
-                        for block in iter(lambda: f.read(1 << 20), b""):
-                            h.update(block)
+                        _hash_stream(h, f)
         else:
             with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+                _hash_stream(h, f)
         _VERSION_CACHE[key] = h.hexdigest()[:16]
     return _VERSION_CACHE[key]
 

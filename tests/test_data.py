@@ -131,3 +131,15 @@ def test_partner_dataset_never_pairs_an_image_with_itself():
     for _ in range(20):
         for i in range(5):
             assert ds[i]["source"].item() != i
+
+
+def test_partner_dataset_draws_from_a_separate_partner_set_even_for_one_image():
+    base = [{"image": torch.tensor([-1.0])}]
+    partners = [{"image": torch.tensor([float(i)])} for i in range(3)]
+    ds = PartnerDataset(base, seed=0, partners=partners)
+    drawn = {ds[0]["source"].item() for _ in range(30)}
+    assert drawn == {0.0, 1.0, 2.0}  # every partner is a candidate, the item itself is not
+    with pytest.raises(ValueError, match="at least 2 images"):
+        PartnerDataset(base)
+    with pytest.raises(ValueError, match="empty partner"):
+        PartnerDataset(base, partners=[])

@@ -62,6 +62,9 @@ class PartnerDataset(Dataset):
         transform: callable applied to the item dict after the partner is attached.
         image_key, partner_key: where the image is read and where the partner's image is put.
         seed: seed of the partner choice (re-seeded per worker by index, so runs are repeatable).
+        partners: where the partners come from when not from ``base`` (e.g. the training normals for synthetic
+            anomalies on validation normals, so a single validation normal still gets a partner); every item of
+            ``partners`` is a candidate. ``None``: another item of ``base``, which then needs at least 2 items.
     """
 
     def __init__(
@@ -71,10 +74,13 @@ class PartnerDataset(Dataset):
         image_key: str = "image",
         partner_key: str = "source",
         seed: int = 0,
+        partners: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        if len(base) < 2:
+        if partners is None and len(base) < 2:
             raise ValueError(f"PartnerDataset needs at least 2 images, got {len(base)}")
-        self.base, self.transform = base, transform
+        if partners is not None and len(partners) < 1:
+            raise ValueError("PartnerDataset got an empty partner dataset")
+        self.base, self.transform, self.partners = base, transform, partners
         self.image_key, self.partner_key = image_key, partner_key
         self.rng = np.random.default_rng(seed)
 
@@ -82,8 +88,11 @@ class PartnerDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        other = int(self.rng.integers(len(self.base) - 1))
-        other += int(other >= index)  # uniform over the other items
         item = dict(self.base[index])
-        item[self.partner_key] = self.base[other][self.image_key]
+        if self.partners is not None:
+            partner = self.partners[int(self.rng.integers(len(self.partners)))]
+        else:
+            other = int(self.rng.integers(len(self.base) - 1))
+            partner = self.base[other + int(other >= index)]  # uniform over the other items
+        item[self.partner_key] = partner[self.image_key]
         return self.transform(item) if self.transform is not None else item

@@ -42,7 +42,8 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (trapezoidal over distinct thresholds: ties count one half)."""
     fpr, tpr, _ = roc_curve(scores, labels)
-    return float(np.trapezoid(tpr, fpr))
+    # written out: np.trapezoid is numpy>=2 only and the MONAI Label environment pins numpy<2
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -98,11 +98,15 @@ def test_train_overrides_ddad_normals_validation_and_unlabeled_pool(datastore, t
     normals = [datastore.get_image_uri(i) for i in ("a", "b")]
     train, val = o["train#dataset#data"], o["validate#dataset#data"]
     assert len(train) == 1 and len(val) == 1 and sorted(d["image"] for d in train + val) == normals
+    # the unreviewed 2D images (e + 3 slices of vol) split into the UDM pool and the bundle's held-out fraction
     pool = [d["image"] for d in o["train#udm_dataset#data"]]
-    assert pool[:1] == [train[0]["image"]] and len(pool) == 1 + 1 + 3  # normals + e + 3 slices of vol
-    assert o["train#pipeline#num_unlabeled"] == 4
-    assert o["train#trainer#max_epochs"] == 3
+    holdout = [d["image"] for d in o["train#pool_holdout_dataset#data"]]
     ddad = json.loads((REPO / "bundles" / "ddad" / "configs" / "train.json").read_text())
+    n_out = round(4 * ddad["pool_holdout"])
+    assert n_out >= 1 and len(holdout) == n_out and not set(holdout) & set(pool)
+    assert pool[:1] == [train[0]["image"]] and len(pool) == 1 + 4 - n_out  # training normals + the pool
+    assert o["train#pipeline#num_unlabeled"] == 4 - n_out
+    assert o["train#trainer#max_epochs"] == 3
     assert o["asr_epochs"] == max(1, round(ddad["asr_epochs"] * 3 / ddad["epochs"]))
     assert o["bundle_root"] == str(REPO / "bundles" / "ddad")
 

@@ -405,15 +405,23 @@ class SaveAnomalyMapd(MapTransform):
     Names never collide within a run: a second source with the same stem (``a/x.png`` and ``b/x.png``, or ``x.dcm``
     and ``x.nii.gz``) gets ``<stem>_<8 hex digits of its path's SHA-1>_<postfix>.nii.gz``, so no map overwrites
     another and each CSV row points to its own file. The map keeps the affine of its (inverted, i.e.
-    original-geometry) MetaTensor, so it overlays the input in a viewer. The written path is stored under
-    ``<key>_file``.
+    original-geometry) MetaTensor, so it overlays the input in a viewer. The path is stored under ``<key>_file``.
+
+    ``staging_dir``: write there instead, while ``<key>_file`` names the file in ``output_dir``, where the run's
+    outputs are moved together when it completes (:class:`~medad_monai.handlers.run_outputs.RunOutputs`).
     """
 
     def __init__(
-        self, keys: KeysCollection, output_dir: str, postfix: str = "anomaly_map", image_key: str = "image"
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        postfix: str = "anomaly_map",
+        image_key: str = "image",
+        staging_dir: str | None = None,
     ) -> None:
         super().__init__(keys)
         self.output_dir, self.postfix, self.image_key = output_dir, postfix, image_key
+        self.staging_dir = staging_dir
         self._names: dict[str, str] = {}  # output name -> the source written there in this run
 
     def output_name(self, source: str) -> str:
@@ -432,9 +440,9 @@ class SaveAnomalyMapd(MapTransform):
             arr = torch.as_tensor(m).detach().cpu().float().numpy()
             arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
             affine = np.asarray(m.affine if isinstance(m, MetaTensor) else np.eye(4), dtype=np.float64)
-            path = os.path.join(self.output_dir, self.output_name(source_name(d.get(self.image_key, m))))
+            name = self.output_name(source_name(d.get(self.image_key, m)))
             nifti = nib.Nifti1Image(arr.astype(np.float32), affine)
-            with atomic_path(path) as tmp:
+            with atomic_path(os.path.join(self.staging_dir or self.output_dir, name)) as tmp:
                 tmp.write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=6))
-            d[f"{key}_file"] = path
+            d[f"{key}_file"] = os.path.join(self.output_dir, name)
         return d

@@ -177,9 +177,8 @@ def _no_resize() -> Compose:
 
 def test_too_few_support_images_is_a_clear_error(trained, tmp_path):
     support = _folder(tmp_path / "one", 1)
-    wf = _workflow(
-        INFER, workflow_type="infer", bundle_root=str(trained), support_dir=str(support), output_dir=str(tmp_path)
-    )
+    out = str(tmp_path / "out")
+    wf = _workflow(INFER, workflow_type="infer", bundle_root=str(trained), support_dir=str(support), output_dir=out)
     with pytest.raises(Exception) as info:
         wf.run()
     chain, e = [], info.value

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from medad_monai.data.tolerant import FailureLog
 from medad_monai.io import atomic_write_text
 from medad_monai.transforms import source_name
 
@@ -34,10 +35,19 @@ class ImageScoreWriter:
         output_file: CSV path.
         keys: output keys to write as columns.
         image_key: key whose metadata names the source file.
+        failures: the inputs the run could not process (:class:`~medad_monai.data.tolerant.FailureLog`); when
+            given, an ``error`` column is added and each failed input gets a row with its reason.
     """
 
-    def __init__(self, output_file: str | os.PathLike, keys: Sequence[str] = ("score",), image_key: str = "image"):
+    def __init__(
+        self,
+        output_file: str | os.PathLike,
+        keys: Sequence[str] = ("score",),
+        image_key: str = "image",
+        failures: FailureLog | None = None,
+    ) -> None:
         self.output_file, self.keys, self.image_key = output_file, list(keys), image_key
+        self.failures = failures
         self.rows: list[list[Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -47,13 +57,19 @@ class ImageScoreWriter:
 
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
+        extra = [""] if self.failures is not None else []
         for item in out if isinstance(out, list) else [out]:
-            self.rows.append([source_name(item.get(self.image_key))] + [_scalar(item.get(k, "")) for k in self.keys])
+            row = [source_name(item.get(self.image_key))] + [_scalar(item.get(k, "")) for k in self.keys]
+            self.rows.append(row + extra)
 
     def _write(self, engine: Engine) -> None:
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["filename", *self.keys])
+        failed = self.failures.entries() if self.failures is not None else []
+        writer.writerow(["filename", *self.keys] + (["error"] if self.failures is not None else []))
         writer.writerows(self.rows)
+        writer.writerows([f["image"]] + [""] * len(self.keys) + [f["error"]] for f in failed)
         atomic_write_text(buf.getvalue(), self.output_file)
-        logging.getLogger("medad_monai").info(f"wrote {len(self.rows)} image scores to {self.output_file}")
+        logging.getLogger("medad_monai").info(
+            f"wrote {len(self.rows)} image scores ({len(failed)} failed inputs) to {self.output_file}"
+        )

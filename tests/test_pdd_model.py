@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medad_monai.losses.diversity import DiversityLoss, diversity_loss, hinge_deep, hinge_shallow
 from medad_monai.losses.feature_regression import level_cosine, level_mse
 from medad_monai.networks import pdd as pdd_module
-from medad_monai.networks.pdd import PDD, ChannelAdapter, ManifoldPriorAffine, resolve_vmamba_weights
+from medad_monai.networks.pdd import PDD, ChannelAdapter, ManifoldPriorAffine, fuse, resolve_vmamba_weights
 
 SIZE = 64
 
@@ -220,6 +221,35 @@ def test_options_detached_targets_separate_students_and_paper_cosine():
     assert float(out["plain"]) == pytest.approx(float(3 - level_cosine(s_plain, targets)), rel=1e-4)
     with pytest.raises(ValueError, match="prior_cosine"):
         PDD(image_size=SIZE, wrn_weights="random", vmamba_weights="random", prior_cosine="angle")
+
+
+def test_normalized_fusion_weighs_both_teachers_equally_and_the_checkpoint_remembers_it():
+    adapted = torch.tensor([[3.0, 4.0], [0.0, 2.0]]).T.reshape(1, 2, 1, 2)  # per-pixel vectors (3, 4), (0, 2)
+    resnet = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).T.reshape(1, 2, 1, 2)  # (0, 1), (1, 0)
+    torch.testing.assert_close(fuse(adapted, resnet, "sum"), adapted + resnet)
+    expected = torch.tensor([[0.6, 1.8], [1.0, 1.0]]).T.reshape(1, 2, 1, 2)  # (0.6, 0.8)+(0, 1), (0, 1)+(1, 0)
+    torch.testing.assert_close(fuse(adapted, resnet, "normalized"), expected)
+    coarse = torch.ones(1, 2, 1, 1)  # the VMamba term is one stride coarser: resampled to the ResNet grid first
+    assert fuse(coarse, resnet, "sum").shape == resnet.shape
+    torch.manual_seed(0)
+    kw = {"image_size": SIZE, "wrn_weights": "random", "vmamba_weights": "random", "decoder_blocks": (1, 1, 1)}
+    normalized = PDD(fusion="normalized", **kw)
+    state = normalized.state_dict()
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        targets, _, _ = normalized.eval().features(x)
+        f_r, _ = normalized.teacher_features(x)
+    assert all(t.norm(dim=1).max() <= 2.0 + 1e-5 for t in targets)  # a sum of two unit vectors
+    assert not torch.allclose(targets[0], F.normalize(f_r[0], dim=1))  # the VMamba term is in the target
+    with pytest.raises(ValueError, match=r"trained with fusion='normalized'.*--fusion normalized"):
+        PDD(fusion="sum", **kw).load_state_dict(state)
+    PDD(fusion="normalized", **kw).load_state_dict(state)  # the same option loads
+    legacy = {k: v for k, v in PDD(fusion="sum", **kw).state_dict().items() if k != "fusion_code"}
+    PDD(fusion="sum", **kw).load_state_dict(legacy)
+    with pytest.raises(ValueError, match="predates the fusion option"):
+        PDD(fusion="normalized", **kw).load_state_dict(legacy)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        PDD(fusion="concat", **kw)
 
 
 def test_torchscript_equals_eager(model):

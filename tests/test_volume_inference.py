@@ -252,12 +252,37 @@ def test_torchscript_bundle_matches_eager(bundle, model, volume, tmp_path):
     export_torchscript(
         bundle, str(configs / "metadata.json"), str(configs / "inference.json"), ts, bundle_root=str(bundle), **TINY
     )
-    scripted = load_bundle_model(ts, device="cpu")  # embedded metadata.json and inference.json
+    # embedded metadata.json and inference.json: served only when trusted (parsing the config runs code)
+    scripted = load_bundle_model(ts, device="cpu", trust_embedded_config=True)
     assert isinstance(scripted.network, torch.jit.ScriptModule) and scripted.model_file == ts
     assert scripted.reduction == "mean" and scripted.threshold == pytest.approx(0.5)
     _, vol, _ = volume
     ours, eager = score_volume(scripted, vol[:, :, 2]), score_volume(model, vol[:, :, 2])
     assert np.abs(ours.map - eager.map).max() <= 1e-5 and ours.score == pytest.approx(eager.score, abs=1e-5)
+
+
+def test_a_bare_torchscript_config_runs_no_code_unless_trusted(bundle, tmp_path, monkeypatch):
+    """A crafted ``model.ts`` whose embedded inference.json would write a marker file when parsed."""
+    marker = tmp_path / "pwned"
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["device"] = f"$open({str(marker)!r}, 'w').write('x') and torch.device('cpu')"
+    crafted = tmp_path / "crafted_configs"
+    crafted.mkdir()
+    (crafted / "inference.json").write_text(json.dumps(config))
+    ts = tmp_path / "download" / "model.ts"
+    ts.parent.mkdir()
+    export_torchscript(
+        bundle, str(bundle / "configs" / "metadata.json"), str(crafted / "inference.json"), ts,
+        bundle_root=str(bundle), device="$torch.device('cpu')", **TINY,
+    )  # fmt: skip
+    assert not marker.exists()
+    monkeypatch.delenv("MEDAD_TRUST_EMBEDDED_CONFIG", raising=False)
+    with pytest.raises(BundleLoadError, match=r"model\.ts' has no configs/.*run as Python code.*trust"):
+        load_bundle_model(ts)
+    assert not marker.exists()  # refused before anything was parsed
+    monkeypatch.setenv("MEDAD_TRUST_EMBEDDED_CONFIG", "1")  # the user's explicit decision: then it is parsed
+    load_bundle_model(ts)
+    assert marker.read_text() == "x"
 
 
 @pytest.mark.slow

@@ -92,6 +92,7 @@ class DeployOptions:
     mask_scope: str = "anomalous_slices"
     workdir: Path | None = None
     strict: bool = False
+    trust_model_config: bool = False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_const",
         const="1",
         help="exit status 2 when any study failed (the others' outputs and the report are still written)",
+    )
+    p.add_argument(
+        "--trust-model-config",
+        action="store_const",
+        const="1",
+        help="serve a bare TorchScript model with the inference.json embedded in it (parsing it runs its '$' "
+        "expressions as code: only for a model you packaged or trust)",
     )
     return p
 
@@ -171,6 +179,7 @@ def parse_options(argv: list[str] | None = None, env: dict[str, str] | None = No
         mask_scope=mask_scope,
         workdir=Path(workdir) if workdir else None,
         strict=pick("strict", _flag, False),
+        trust_model_config=pick("trust_model_config", _flag, False),
     )
 
 
@@ -201,7 +210,7 @@ class AnomalyDetectionApp(Application):
             opts.workdir.mkdir(parents=True, exist_ok=True)
         self._scratch = tempfile.TemporaryDirectory(prefix="medad_deploy_", dir=opts.workdir)
         # load the bundle now, so a bad model stops the run before any study is read (BundleLoadError names it)
-        model = load_bundle_model(model_path, device=opts.device)
+        model = load_bundle_model(model_path, device=opts.device, trust_embedded_config=opts.trust_model_config)
 
         source = StudySourceOperator(self, CountCondition(self, len(studies)), studies=studies, name="study_source")
         infer = AnomalyInferenceOperator(

@@ -30,9 +30,11 @@ from medad_monai.transforms import LoadAnomalyImaged
 
 logger = logging.getLogger("medad_monai")
 
-__all__ = ["BundleLoadError", "BundleModel", "file_version", "load_bundle_model", "model_version"]
+__all__ = ["TRUST_ENV", "BundleLoadError", "BundleModel", "file_version", "load_bundle_model", "model_version"]
 
 REDUCTIONS = ("max", "mean")
+# a TorchScript file's embedded inference.json runs as code when parsed: only with this set (or the argument)
+TRUST_ENV = "MEDAD_TRUST_EMBEDDED_CONFIG"
 _VERSION_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -213,6 +215,7 @@ def load_bundle_model(
     prefer: str = "pt",
     overrides: dict[str, Any] | None = None,
     setup: bool | str = "auto",
+    trust_embedded_config: bool | None = None,
 ) -> BundleModel:
     """Load a bundle for serving.
 
@@ -230,6 +233,11 @@ def load_bundle_model(
             already carry that state (D²4FAD's ``has_support`` buffer is false), so a trained model is served with
             the support set it was trained and calibrated with and serving needs no support images; ``True``:
             always (e.g. with a ``support_dir`` override for a new target); ``False``: never.
+        trust_embedded_config: a TorchScript file without a ``configs/`` folder beside it is served with the
+            ``inference.json`` embedded in it, and parsing a config runs its ``$`` expressions and ``_target_``
+            components as Python code: a downloaded file could run anything. Such a file is refused unless this is
+            ``True`` (``None``: the ``MEDAD_TRUST_EMBEDDED_CONFIG`` environment variable, ``1``/``true``), as MONAI
+            warns for its own configs. Bundle folders (your own ``configs/``) are not affected.
 
     Raises:
         BundleLoadError: naming the bundle path, when a config, the metadata or the weights are missing or invalid.
@@ -249,6 +257,15 @@ def load_bundle_model(
     if ts_file is None and not config_file.is_file():
         raise BundleLoadError(f"bundle '{root}': missing configs/inference.json")
     if ts_file is not None and not config_file.is_file():
+        if trust_embedded_config is None:
+            trust_embedded_config = os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        if not trust_embedded_config:
+            raise BundleLoadError(
+                f"TorchScript '{ts_file}' has no configs/ folder beside it, so it would be served with the "
+                "inference.json embedded in it, whose '$' expressions and _target_ components run as Python code; "
+                "serve its bundle folder instead, or, only for a file you trust, pass trust_embedded_config=True "
+                f"(Deploy app: --trust-model-config; or set {TRUST_ENV}=1)"
+            )
         try:
             _, meta, extra = load_net_with_metadata(str(ts_file), torch.device("cpu"), ("inference.json",))
         except Exception as e:

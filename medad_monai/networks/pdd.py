@@ -13,6 +13,8 @@ Follows the official code (``OxygenLu/PDD``: ``models/mamba_decoder.py``, ``scri
   students' input. **InA** (inter-level feature adaption): levels 1-3 give the distillation targets
   ``t_k = up_2(A_k(f_m[k])) + f_r[k]`` (the VMamba feature is one stride coarser, hence the 2x bilinear upsampling).
   The adapters are trained with the students (the targets are not detached in the official code).
+  ``fusion="normalized"`` (ours, the demo default) L2-normalises both terms per pixel before the sum, so each
+  teacher weighs the same whatever its feature scale (see :func:`fuse`).
 * **MPA** (:class:`ManifoldPriorAffine`, official ``LightweightMLP``): ``1x1 -> BN -> GELU`` on ``f_u``, then two
   1x1 branches resized to the decoder's stage-2 and stage-3 inputs (1024@s/16, 512@s/8): the skip priors.
 * **Students**: one reverse-distillation decoder (:class:`~medad_monai.networks.rd_decoder.ReverseDistillationDecoder`,
@@ -59,12 +61,14 @@ from medad_monai.networks.vmamba import (
 
 __all__ = [
     "PDD",
+    "FUSIONS",
     "PRIOR_COSINE",
     "VMAMBA_WEIGHTS_ENV",
     "ChannelAdapter",
     "ManifoldPriorAffine",
     "build_vmamba_teacher",
     "build_wrn_teacher",
+    "fuse",
     "resolve_vmamba_weights",
 ]
 
@@ -75,6 +79,7 @@ RESNET_CHANNELS: tuple[int, int, int, int] = (256, 512, 1024, 2048)
 # VMamba-Tiny stage outputs after downsampling (official feature_list): dims[1], dims[2], dims[3], dims[3]
 MAMBA_CHANNELS: tuple[int, int, int, int] = (192, 384, 768, 768)
 PRIOR_COSINE = ("similarity", "distance")
+FUSIONS = ("sum", "normalized")
 _NUM_LEVELS = 3
 
 
@@ -180,6 +185,21 @@ def _resize_to(x: Tensor, ref: Tensor) -> Tensor:
     return F.interpolate(x, size=[int(ref.shape[-2]), int(ref.shape[-1])], mode="bilinear", align_corners=True)
 
 
+def fuse(adapted: Tensor, resnet: Tensor, fusion: str = "sum") -> Tensor:
+    """One InA target or the unified manifold: the adapted VMamba feature plus the WideResNet feature.
+
+    ``"sum"``: the official ``A(f_m) + f_r``. ``"normalized"`` (ours): ``A(f_m)/|A(f_m)| + f_r/|f_r|`` per pixel.
+    With the plain sum the larger term decides the target's direction, and so the cosine maps: measured on the
+    development data with random teachers, the BN-normalised adapter output is 3x the WideResNet ``layer1``
+    feature (per-pixel norm about 19 against 6), so the shallowest targets are mostly the coarse, trainable
+    VMamba term. Normalising keeps both teachers' directions in every target.
+    """
+    adapted = _resize_to(adapted, resnet)
+    if fusion == "normalized":
+        return F.normalize(adapted, dim=1) + F.normalize(resnet, dim=1)
+    return adapted + resnet
+
+
 class ChannelAdapter(nn.Module):
     """Manifold matching of one level (MMU; official ``EfficientChannelAdapter``).
 
@@ -264,6 +284,8 @@ class PDD(nn.Module):
         decoder_width: RD decoder ``width_per_group`` (128 = wide).
         adapter_reduction: bottleneck reduction of the channel adapters (official: 4).
         shared_decoder: both students run one decoder (official); ``False`` gives each student its own.
+        fusion: how the adapted VMamba and the WideResNet features are combined into the targets and the unified
+            manifold (:func:`fuse`): ``"sum"`` (official) or ``"normalized"`` (ours).
         detach_targets: stop the distillation gradients at the targets: the InA adapters then get none and keep
             their initialisation (BN in eval mode), so the students chase fixed targets (ours; the official code
             trains the adapters with the students).
@@ -294,6 +316,7 @@ class PDD(nn.Module):
         decoder_width: int = 128,
         adapter_reduction: int = 4,
         shared_decoder: bool = True,
+        fusion: str = "sum",
         detach_targets: bool = False,
         prior_mse_weight: float = 0.02,
         prior_cos_weight: float = 0.05,
@@ -316,6 +339,8 @@ class PDD(nn.Module):
             )
         if len(decoder_blocks) != _NUM_LEVELS:
             raise ValueError(f"PDD: decoder_blocks must have {_NUM_LEVELS} entries, got {list(decoder_blocks)}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"PDD: fusion must be one of {FUSIONS}, got {fusion!r}")
         if prior_cosine not in PRIOR_COSINE:
             raise ValueError(f"PDD: prior_cosine must be one of {PRIOR_COSINE}, got {prior_cosine!r}")
         if not 0 <= diverse_levels <= _NUM_LEVELS:
@@ -343,6 +368,7 @@ class PDD(nn.Module):
         for module in (self.target_adapters, self.unify_adapter, self.mpa):
             _init_like_official(module)
         self.shared_decoder, self.detach_targets = bool(shared_decoder), bool(detach_targets)
+        self.fusion = fusion
         if self.detach_targets:
             self.target_adapters.requires_grad_(False)
         self.prior_mse_weight, self.prior_cos_weight = float(prior_mse_weight), float(prior_cos_weight)
@@ -355,6 +381,8 @@ class PDD(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        # the fusion is not a weight: stored so a checkpoint is never served with the other one (load check below)
+        self.register_buffer("fusion_code", torch.tensor(FUSIONS.index(fusion)))
 
     # ------------------------------------------------------------------------------------------------ plumbing
     def train(self, mode: bool = True) -> PDD:
@@ -386,14 +414,27 @@ class PDD(nn.Module):
         f_r, f_m = self.teacher_features(image)
         targets: list[Tensor] = []
         for k, adapter in enumerate(self.target_adapters):
-            t = _resize_to(adapter(f_m[k]), f_r[k]) + f_r[k]
+            t = fuse(adapter(f_m[k]), f_r[k], self.fusion)
             targets.append(t.detach() if self.detach_targets else t)
-        unified = self.unify_adapter(f_m[3]) + f_r[3]
+        unified = fuse(self.unify_adapter(f_m[3]), f_r[3], self.fusion)
         sizes = [[int(f_r[2].shape[-2]), int(f_r[2].shape[-1])], [int(f_r[1].shape[-2]), int(f_r[1].shape[-1])]]
         p1, p2 = self.mpa(unified, sizes)
         s_prior = self.student(unified, [None, p1, p2])
         s_plain = self.student_plain(unified, None)
         return targets, s_prior, s_plain
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors):
+        code = state_dict.get(prefix + "fusion_code")
+        if code is not None and int(code) != int(self.fusion_code):
+            raise ValueError(
+                f"PDD: the checkpoint was trained with fusion={FUSIONS[int(code)]!r} but the config builds "
+                f"fusion={self.fusion!r}; set --fusion {FUSIONS[int(code)]} (train, inference and export configs)"
+            )
+        if code is None:  # a checkpoint from before the option: the official sum
+            state_dict[prefix + "fusion_code"] = torch.tensor(0)
+            if self.fusion != "sum":
+                raise ValueError("PDD: the checkpoint predates the fusion option (sum); set --fusion sum")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     # ---------------------------------------------------------------------------------------------------- API
     def forward(self, image: Tensor) -> Tensor:

@@ -183,7 +183,7 @@ def test_parity_with_the_bundle_inference_config(app_run, ddad_bundle, mixed_inp
         assert summary["slice_scores"][k] == pytest.approx(ref[f"s{k}"]["score"], abs=1e-5)
 
 
-def test_environment_variables_and_torchscript_model(app_run, ddad_bundle, mixed_inputs, tmp_path, monkeypatch):
+def test_environment_variables_and_torchscript_model(app_run, ddad_bundle, mixed_inputs, tmp_path, monkeypatch, capsys):
     """HOLOSCAN_INPUT_PATH/OUTPUT_PATH/MODEL_PATH and MEDAD_DEPLOY_* as a MAP sets them, with an exported
     TorchScript in a MAP-style models folder: same maps as the eager run, volume score the mean of slices."""
     from monai.bundle import ckpt_export
@@ -208,7 +208,12 @@ def test_environment_variables_and_torchscript_model(app_run, ddad_bundle, mixed
     monkeypatch.setenv("HOLOSCAN_MODEL_PATH", str(models))
     monkeypatch.setenv("MEDAD_DEPLOY_VOLUME_REDUCTION", "mean")
     monkeypatch.setenv("MEDAD_DEPLOY_DEVICE", "cpu")
+    monkeypatch.delenv("MEDAD_TRUST_EMBEDDED_CONFIG", raising=False)
+    assert main([]) == 1  # a bare model.ts is data, not code: refused with a one-line error naming the option
+    assert "--trust-model-config" in capsys.readouterr().err
+    monkeypatch.setenv("MEDAD_DEPLOY_TRUST_MODEL_CONFIG", "1")  # the packager's decision, as a MAP would set it
     opts = parse_options([])
+    assert opts.trust_model_config
     assert (opts.input, opts.output, opts.model, opts.volume_reduction) == (inputs, out, models, "mean")
     assert main([]) == 0
     vol = read_json(out, "vol")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from medad_monai.losses.diversity import DiversityLoss, diversity_loss, hinge_deep, hinge_shallow
 from medad_monai.losses.feature_regression import level_cosine, level_mse
 from medad_monai.networks import pdd as pdd_module
+from medad_monai.networks.architecture import ArchitectureMismatchError
 from medad_monai.networks.pdd import PDD, ChannelAdapter, ManifoldPriorAffine, fuse, resolve_vmamba_weights
 
 SIZE = 64
@@ -241,12 +242,15 @@ def test_normalized_fusion_weighs_both_teachers_equally_and_the_checkpoint_remem
         f_r, _ = normalized.teacher_features(x)
     assert all(t.norm(dim=1).max() <= 2.0 + 1e-5 for t in targets)  # a sum of two unit vectors
     assert not torch.allclose(targets[0], F.normalize(f_r[0], dim=1))  # the VMamba term is in the target
-    with pytest.raises(ValueError, match=r"trained with fusion='normalized'.*--fusion normalized"):
+    with pytest.raises(ArchitectureMismatchError, match=r'trained with fusion="normalized".*--fusion normalized'):
         PDD(fusion="sum", **kw).load_state_dict(state)
     PDD(fusion="normalized", **kw).load_state_dict(state)  # the same option loads
-    legacy = {k: v for k, v in PDD(fusion="sum", **kw).state_dict().items() if k != "fusion_code"}
+    with pytest.raises(ArchitectureMismatchError, match=r"decoder_blocks=\[1, 1, 1\].*--decoder_blocks \[1,1,1\]"):
+        PDD(fusion="normalized", **{**kw, "decoder_blocks": (2, 2, 2)}).load_state_dict(state)
+    # a checkpoint from before the record (and the option) used the official sum
+    legacy = {k: v for k, v in PDD(fusion="sum", **kw).state_dict().items() if k != "architecture"}
     PDD(fusion="sum", **kw).load_state_dict(legacy)
-    with pytest.raises(ValueError, match="predates the fusion option"):
+    with pytest.raises(ArchitectureMismatchError, match=r'trained with fusion="sum"'):
         PDD(fusion="normalized", **kw).load_state_dict(legacy)
     with pytest.raises(ValueError, match="fusion must be one of"):
         PDD(fusion="concat", **kw)

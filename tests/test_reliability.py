@@ -4,15 +4,22 @@ replaces a working ``model.pt``, and temporary files of a killed save are cleane
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from bundle_testing import bundle_workflow
 from ignite.engine import Engine, Events
+from PIL import Image
 from torch import nn
 
 from medad_monai.engines.ddad import DDADTraining
+from medad_monai.errors import actual_error
 from medad_monai.handlers.checkpoint import AtomicModelSaver
 from medad_monai.io import remove_stale_temporaries
 from medad_monai.options import OptionError, check_options
@@ -113,7 +120,9 @@ def test_ddad_failing_after_its_stages_keeps_the_previous_model(tmp_path, monkey
         "training_report.json",
     ]
     stage = torch.load(models / "model.asr.pt", weights_only=True)
-    assert not torch.isfinite(stage["threshold"])  # the stage states are not calibrated models
+    assert stage["stage"] == "ASR" and not torch.isfinite(
+        stage["network"]["threshold"]
+    )  # the stage states are not calibrated models
     assert not any(name.endswith(".tmp") for name in os.listdir(models))
 
 
@@ -221,3 +230,109 @@ def test_model_version_follows_the_weights_not_the_file_bytes(tmp_path):
     plain = tmp_path / "weights.bin"
     plain.write_bytes(b"not a zip")
     assert len(file_version(plain)) == 16
+
+
+def test_a_checkpoint_of_other_options_names_the_option_and_a_truncated_one_names_the_file(tmp_path):
+    from test_volume_inference import TINY, make_ddad_bundle
+
+    from medad_monai.handlers.checkpoint import CheckpointReadError
+    from medad_monai.networks.architecture import ArchitectureMismatchError
+
+    bundle = make_ddad_bundle(tmp_path / "bundle")  # a 2-member, quarter-width DDAD
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / "in" / "a.png")
+
+    def infer(**override):
+        configs = bundle / "configs"
+        wf = bundle_workflow(
+            str(configs / "inference.json"), str(configs / "metadata.json"), workflow_type="infer",
+            bundle_root=str(bundle), dataset_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+            device="$torch.device('cpu')", **{**TINY, **override},
+        )  # fmt: skip
+        with pytest.raises(Exception) as err:
+            wf.run()
+        return actual_error(err.value)
+
+    mismatch = infer(num_members=3)
+    assert isinstance(mismatch, ArchitectureMismatchError)
+    assert "trained with num_members=2, but the config builds num_members=3" in str(mismatch)
+    assert "--num_members 2" in str(mismatch)
+    model = bundle / "models" / "model.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # an interrupted copy
+    truncated = infer()
+    assert isinstance(truncated, CheckpointReadError) and str(model) in str(truncated) and "truncated" in str(truncated)
+    model.unlink()
+    assert isinstance(infer(), CheckpointReadError) and "not found" in str(infer())
+
+
+def test_checkpoints_are_read_without_unpickling_code(tmp_path):
+    # a pickle whose loading would create a marker file: torch.load(weights_only=True) refuses it
+    from medad_monai.inference.bundle_model import _load_state
+
+    marker = tmp_path / "pwned"
+
+    class Bomb:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "model.pt"
+    torch.save({"model": Bomb()}, path)
+    with pytest.raises(Exception, match=str(path)):
+        _load_state(path)
+    assert not marker.exists()
+
+
+# per bundle: small settings, the file whose appearance means "killed mid-training" (an epoch's or a stage's state),
+# and what the resumed run logs when it continues instead of starting over (a fresh start gives the same weights)
+RESUME_CASES = {
+    "pdd": (
+        ["--epochs", "4", "--batch_size", "3", "--decoder_blocks", "[1,1,1]", "--wrn_weights", "random",
+         "--vmamba_weights", "random"],
+        "training_state.pt",
+        "--resume: continuing after epoch",
+    ),
+    "ddad": (
+        ["--epochs", "2", "--asr_epochs", "2", "--num_members", "2"], "model.ndm.pt", "DDAD --resume: stages up to"
+    ),
+}  # fmt: skip
+
+
+def _train_command(bundle: str, data: Path | None, root: Path, *extra: str) -> list[str]:
+    train, meta = _configs(bundle)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", train, "--meta_file", meta]
+    cmd += ["--bundle_root", str(root), "--device", "$torch.device('cpu')", *RESUME_CASES[bundle][0], *extra]
+    return cmd + (["--dataset_dir", str(data)] if data is not None else [])
+
+
+@pytest.mark.parametrize("bundle", ["pdd", "ddad"])
+def test_a_killed_training_resumes_to_the_result_of_an_uninterrupted_run(bundle, tmp_path):
+    data = None  # DDAD: the demo brains (normals and an unlabeled pool); PDD: 8 small normals
+    if bundle == "pdd":
+        data = tmp_path / "data"
+        (data / "train" / "good").mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(data / "train" / "good" / f"n{i}.png")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: the same float sums in every run
+    whole = tmp_path / "whole"
+    subprocess.run(_train_command(bundle, data, whole), check=True, env=env, capture_output=True, timeout=900)
+    cut = tmp_path / "cut"
+    marker = cut / "models" / RESUME_CASES[bundle][1]
+    proc = subprocess.Popen(_train_command(bundle, data, cut), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 900
+    while not marker.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-training: after an epoch's (PDD) or the first stage's (DDAD) state
+    proc.wait()
+    assert marker.is_file() and not (cut / "models" / "model.pt").exists()
+    resumed = subprocess.run(_train_command(bundle, data, cut, "--resume", "True"), env=env, capture_output=True,
+                             text=True, timeout=900)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert RESUME_CASES[bundle][2] in resumed.stderr + resumed.stdout  # it continued, it did not start over
+    a = torch.load(whole / "models" / "model.pt", weights_only=True)
+    b = torch.load(cut / "models" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True, msg=k)
+    assert not marker.exists()  # removed once the training completed

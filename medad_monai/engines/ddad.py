@@ -38,6 +38,7 @@ from medad_monai.io import atomic_torch_save, atomic_write_json, remove_stale_te
 from medad_monai.metrics.refinement_checks import is_non_decreasing, pixel_separation, probe_response
 from medad_monai.metrics.score_selection import pool_separation, select_score
 from medad_monai.networks.ddad import DDAD, OUTPUT_MAPS
+from medad_monai.rng import rng_state, set_rng_state
 
 __all__ = ["DDADTraining", "refinement_checks", "select_served_map"]
 
@@ -210,6 +211,9 @@ class DDADTraining:
         pool_trained: the preprocessed unlabeled images the UDM trains on (judge the NDM-only scores in ``auto``).
         report_path: where ``training_report.json`` is written; ``None``: next to ``save_path``.
         batch_size: batch size of the checks and the selection.
+        resume: continue an interrupted run after its last finished stage: the stage file's network and random
+            number generator states are loaded and the finished stages skipped, so the result equals an
+            uninterrupted run of the same seed. Without a stage file the run starts from the beginning.
     """
 
     def __init__(
@@ -227,7 +231,10 @@ class DDADTraining:
         pool_trained: Dataset | None = None,
         report_path: str | os.PathLike | None = None,
         batch_size: int = 16,
+        resume: bool = False,
     ) -> None:
+        if not isinstance(resume, bool):
+            raise ValueError(f"--resume must be true or false, got {resume!r}")
         self.network = network
         self.ndm_trainer, self.udm_trainer, self.asr_trainer = ndm_trainer, udm_trainer, asr_trainer
         self.calibrator = calibrator
@@ -237,6 +244,7 @@ class DDADTraining:
         self.pool_holdout, self.pool_trained = pool_holdout, pool_trained
         self.report_path = report_path or os.path.join(os.path.dirname(os.fspath(save_path)), "training_report.json")
         self.batch_size = int(batch_size)
+        self.resume = resume
         self.report: dict[str, Any] = {}
 
     def stage_path(self, stage: str) -> str:
@@ -248,8 +256,26 @@ class DDADTraining:
         if not is_rank_zero():  # multi-process training: one writer
             return
         path = self.stage_path(stage)
-        atomic_torch_save(self.network.state_dict(), path)
+        atomic_torch_save({"network": self.network.state_dict(), "rng": rng_state(), "stage": stage}, path)
         logger.info(f"DDAD: saved the state after stage '{stage}' to {path}")
+
+    def _resume(self, stages: list[str]) -> list[str]:
+        """Load the last finished stage's file (``resume``); returns the stages still to run."""
+        done = [s for s in stages if os.path.isfile(self.stage_path(s))]
+        if not done:
+            logger.warning(f"DDAD --resume: no stage file beside {self.save_path}; training starts from the beginning")
+            return stages
+        last = stages[max(stages.index(s) for s in done)]
+        path = self.stage_path(last)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.network.load_state_dict(state["network"])
+        except Exception as e:
+            raise RuntimeError(f"DDAD --resume: cannot load stage file '{path}': {type(e).__name__}: {e}") from e
+        set_rng_state(state["rng"])
+        remaining = stages[stages.index(last) + 1 :]
+        logger.info(f"DDAD --resume: stages up to {last} loaded from {path}; running {remaining or 'none'}")
+        return remaining
 
     def _clean(self) -> None:
         if not is_rank_zero():
@@ -338,9 +364,12 @@ class DDADTraining:
             "refinement": self.network.refinement,
             "refine_input": self.network.refine_input,
         }
-        for name, trainer in (("NDM", self.ndm_trainer), ("UDM", self.udm_trainer), ("ASR", self.asr_trainer)):
-            if name == "UDM" and not dual:
-                continue
+        trainers = {"NDM": self.ndm_trainer, "UDM": self.udm_trainer, "ASR": self.asr_trainer}
+        stages = [name for name in STAGES if dual or name != "UDM"]
+        if self.resume:
+            stages = self._resume(stages)
+        for name in stages:
+            trainer = trainers[name]
             if name == "ASR" and self.network.refine_input == "saturate":
                 self._fit_refinement_input()
             _check_loader(trainer, f"DDAD {name} stage")

@@ -36,8 +36,9 @@ __all__ = [
 
 logger = logging.getLogger("medad_monai")
 
-# handlers every rank needs: they change the training state itself (weights loaded, learning rate, episodes)
-ALL_RANK_HANDLERS = ("CheckpointLoader", "LrScheduleHandler", "EpisodeResampler")
+# handlers every rank needs: they change the training state itself (weights loaded, learning rate, episodes,
+# the state a resumed training continues from; only rank 0 writes it)
+ALL_RANK_HANDLERS = ("CheckpointLoader", "LrScheduleHandler", "EpisodeResampler", "TrainingCheckpoint")
 
 
 def local_device() -> torch.device:

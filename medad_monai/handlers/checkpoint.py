@@ -1,17 +1,50 @@
-"""Save a network's flat state dict atomically (MONAI's ``CheckpointSaver`` writes in place, non-atomically)."""
+"""Save a network's flat state dict atomically (MONAI's ``CheckpointSaver`` writes in place, non-atomically), and
+load one with errors that name the file."""
 
 from __future__ import annotations
 
 import logging
 import os
+import traceback
 
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from torch import nn
 
 from medad_monai.engines.distributed import is_rank_zero
 from medad_monai.io import atomic_torch_save, remove_stale_temporaries
 
-__all__ = ["AtomicModelSaver"]
+__all__ = ["AtomicModelSaver", "CheckpointLoader", "CheckpointReadError"]
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint file is missing, truncated or not a checkpoint; the message names the file."""
+
+
+class CheckpointLoader(_MonaiCheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (same arguments), whose read errors name the file.
+
+    ``torch.load`` of a truncated or foreign file says ``PytorchStreamReader failed reading zip archive: failed
+    finding central directory`` without the path. MONAI's loader does the reading (``weights_only=True``); a
+    checkpoint that does not fit the network keeps its own error
+    (:class:`~medad_monai.networks.architecture.ArchitectureMismatchError` names the options).
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        path = self.load_path
+        if not os.path.isfile(path):
+            raise CheckpointReadError(f"checkpoint '{path}' not found: train the bundle first, or set --ckpt_dir")
+        try:
+            super().__call__(engine)
+        except Exception as e:
+            # only errors of reading the file itself (raised inside torch.load); load_state_dict errors pass
+            frames = traceback.extract_tb(e.__traceback__)
+            if not any(f.filename.replace(os.sep, "/").endswith("torch/serialization.py") for f in frames):
+                raise
+            raise CheckpointReadError(
+                f"cannot read checkpoint '{path}' ({os.path.getsize(path)} bytes): {type(e).__name__}: {e}; "
+                "it may be truncated (an interrupted copy) or not a PyTorch checkpoint"
+            ) from e
 
 
 class AtomicModelSaver:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medad_monai.losses.focal import focal_loss
+from medad_monai.networks.architecture import check_architecture, record_architecture
 from medad_monai.networks.autoencoders import AEEnsemble
 
 __all__ = ["ASRNet", "DDAD", "MonotoneASRNet", "OUTPUT_MAPS", "REFINEMENTS", "REFINE_INPUTS"]
@@ -203,6 +204,25 @@ class DDAD(nn.Module):
         self.register_buffer("has_udm", torch.tensor(False))
         # Decision threshold on the image score, calibrated on validation normals; NaN until calibrated.
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        record_architecture(
+            self,
+            {
+                "backbone": backbone.lower(),
+                "num_members": int(num_members),
+                "in_channels": int(in_channels),
+                "latent_size": int(latent_size),
+                "multiplier": float(multiplier),
+                "image_size": int(image_size),
+                "mem_dim": int(mem_dim),
+                "asr_channels": int(asr_channels),
+                "refinement": refinement,
+                "refine_input": refine_input,
+            },
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors):
+        check_architecture(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != self.image_size:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
 from medad_monai.losses.diversity import diversity_loss
 from medad_monai.losses.feature_regression import level_cosine, level_mse
+from medad_monai.networks.architecture import check_architecture, record_architecture
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import IMAGENET_MEAN, IMAGENET_STD, WideResNetTeacher
 from medad_monai.networks.vmamba import (
@@ -381,8 +382,19 @@ class PDD(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("threshold", torch.tensor(float("nan")))
-        # the fusion is not a weight: stored so a checkpoint is never served with the other one (load check below)
-        self.register_buffer("fusion_code", torch.tensor(FUSIONS.index(fusion)))
+        record_architecture(
+            self,
+            {
+                "image_size": self.image_size,
+                "vmamba": vmamba,
+                "decoder_blocks": list(decoder_blocks),
+                "decoder_width": int(decoder_width),
+                "adapter_reduction": int(adapter_reduction),
+                "shared_decoder": self.shared_decoder,
+                "fusion": fusion,
+                "sigma": float(sigma),
+            },
+        )
 
     # ------------------------------------------------------------------------------------------------ plumbing
     def train(self, mode: bool = True) -> PDD:
@@ -424,16 +436,8 @@ class PDD(nn.Module):
         return targets, s_prior, s_plain
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors):
-        code = state_dict.get(prefix + "fusion_code")
-        if code is not None and int(code) != int(self.fusion_code):
-            raise ValueError(
-                f"PDD: the checkpoint was trained with fusion={FUSIONS[int(code)]!r} but the config builds "
-                f"fusion={self.fusion!r}; set --fusion {FUSIONS[int(code)]} (train, inference and export configs)"
-            )
-        if code is None:  # a checkpoint from before the option: the official sum
-            state_dict[prefix + "fusion_code"] = torch.tensor(0)
-            if self.fusion != "sum":
-                raise ValueError("PDD: the checkpoint predates the fusion option (sum); set --fusion sum")
+        # checkpoints from before the fusion option used the official sum
+        check_architecture(self, state_dict, prefix, legacy={"fusion": "sum"})
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     # ---------------------------------------------------------------------------------------------------- API

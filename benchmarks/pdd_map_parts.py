@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
-from medad_monai.anomaly_maps import GaussianBlur2d
+from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
 from medad_monai.metrics.ranking import roc_auc
 from medad_monai.networks.pdd import PDD, fuse
 
@@ -107,6 +107,14 @@ def main() -> None:
         print("per-pixel norm, WideResNet term:", [round(float(r.norm(dim=1).mean()), 1) for r in f_r[:3]])
         print("per-pixel norm, VMamba term:    ", [round(float(v.norm(dim=1).mean()), 1) for v in vm])
         report("full map", net(xs))
+        size = list(xs.shape[-2:])
+        kept = [
+            multiscale_anomaly_map(students[k : k + 1], targets[k : k + 1], size, "sum", net.align_corners)
+            for name, students in (("prior", s_prior), ("plain", s_plain))
+            for k in range(3)
+            if not (name == "plain" and k < net.diverse_levels)
+        ]
+        report("map without the plain diverse levels", sum(kept))
         for name, students in (("prior", s_prior), ("plain", s_plain)):
             for k in range(3):
                 report(f"{name} level {k + 1} vs target", up(1 - F.cosine_similarity(students[k], targets[k], dim=1)))

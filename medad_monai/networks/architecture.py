@@ -60,17 +60,16 @@ def check_architecture(
         state_dict: the checkpoint (as passed to ``_load_from_state_dict``); on success its record is replaced by
             the module's own, so an equal record with another encoding never fails on shape.
         prefix: the module's key prefix in ``state_dict``.
-        legacy: the options a checkpoint written before the record existed must have had (e.g. an option added
-            later, whose earlier behaviour is its ``legacy`` value); ``None``: such checkpoints are not checked.
+        legacy: the values of options added later, for checkpoints whose record (or whole record) predates them:
+            their earlier behaviour. ``None``: checkpoints without a record are not checked.
     """
     key = prefix + RECORD_KEY
     ours = read_record(getattr(module, RECORD_KEY))
-    if key in state_dict:
-        theirs = read_record(state_dict[key])
-    elif legacy is not None:
-        theirs = {**ours, **json.loads(json.dumps(dict(legacy)))}
-    else:
+    if key not in state_dict and legacy is None:
         theirs = ours
+    else:  # options the record lacks (added later) had their legacy value, else they are taken as equal
+        recorded = read_record(state_dict[key]) if key in state_dict else {}
+        theirs = {**ours, **json.loads(json.dumps(dict(legacy or {}))), **recorded}
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         trained = ", ".join(f"{k}={_show(theirs.get(k))}" for k in differ)

@@ -28,7 +28,8 @@ Follows the official code (``OxygenLu/PDD``: ``models/mamba_decoder.py``, ``scri
   shallowest level, ``max(0, 0.30 - cos)`` on the two deeper ones.
 * **Inference** (:meth:`PDD.forward`): per level ``1 - cos`` over channels between each student and the target,
   bilinearly upsampled (``align_corners=True``) to the input size, summed over levels and students, Gaussian
-  sigma 4 per image; image score = max (postprocessing).
+  sigma 4 per image; image score = max (postprocessing). ``plain_map="consistent"`` (ours, the demo default) leaves
+  Student 2's diverse levels out of the sum.
 
 Everything inference needs (both teachers, the trainable modules, the calibrated ``threshold``) is a parameter or
 buffer, so ``model.pt`` and the exported TorchScript carry it.
@@ -63,6 +64,7 @@ from medad_monai.networks.vmamba import (
 __all__ = [
     "PDD",
     "FUSIONS",
+    "PLAIN_MAPS",
     "PRIOR_COSINE",
     "VMAMBA_WEIGHTS_ENV",
     "ChannelAdapter",
@@ -81,6 +83,7 @@ RESNET_CHANNELS: tuple[int, int, int, int] = (256, 512, 1024, 2048)
 MAMBA_CHANNELS: tuple[int, int, int, int] = (192, 384, 768, 768)
 PRIOR_COSINE = ("similarity", "distance")
 FUSIONS = ("sum", "normalized")
+PLAIN_MAPS = ("all", "consistent")
 _NUM_LEVELS = 3
 
 
@@ -302,6 +305,9 @@ class PDD(nn.Module):
         diverse_levels: how many of the shallowest levels get the diversity hinge (official ``low_dim_layers=1``);
             the deeper levels get the consistency hinge.
         diversity_per_pixel: cosine per pixel (``True``) or of the flattened maps per image (``False``, official).
+        plain_map: which levels of Student 2 ("plain") enter the anomaly map: ``"all"`` (official) or
+            ``"consistent"`` (ours): only the levels under the consistency hinge, not the ``diverse_levels``, where
+            the diversity loss pushes Student 2 away from Student 1 and so from the target on normal tissue.
         sigma: Gaussian smoothing of the anomaly map in pixels (official 4; 0 disables).
         align_corners: bilinear upsampling flag of the anomaly map (official ``True``).
         vmamba_chunk_size: chunk length of VMamba's vectorised selective scan (``None``: the default).
@@ -329,6 +335,7 @@ class PDD(nn.Module):
         tau_high: float = 0.30,
         diverse_levels: int = 1,
         diversity_per_pixel: bool = False,
+        plain_map: str = "all",
         sigma: float = 4.0,
         align_corners: bool = True,
         vmamba_chunk_size: int | None = None,
@@ -340,6 +347,8 @@ class PDD(nn.Module):
             )
         if len(decoder_blocks) != _NUM_LEVELS:
             raise ValueError(f"PDD: decoder_blocks must have {_NUM_LEVELS} entries, got {list(decoder_blocks)}")
+        if plain_map not in PLAIN_MAPS:
+            raise ValueError(f"PDD: plain_map must be one of {PLAIN_MAPS}, got {plain_map!r}")
         if fusion not in FUSIONS:
             raise ValueError(f"PDD: fusion must be one of {FUSIONS}, got {fusion!r}")
         if prior_cosine not in PRIOR_COSINE:
@@ -377,6 +386,8 @@ class PDD(nn.Module):
         self.plain_cos_weight = float(plain_cos_weight)
         self.diversity_weight, self.tau_low, self.tau_high = float(diversity_weight), float(tau_low), float(tau_high)
         self.diverse_levels, self.diversity_per_pixel = int(diverse_levels), bool(diversity_per_pixel)
+        self.plain_map = plain_map
+        self.plain_map_start = self.diverse_levels if plain_map == "consistent" else 0
         self.align_corners = bool(align_corners)
         self.blur = GaussianBlur2d(sigma)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -392,6 +403,8 @@ class PDD(nn.Module):
                 "adapter_reduction": int(adapter_reduction),
                 "shared_decoder": self.shared_decoder,
                 "fusion": fusion,
+                "plain_map": plain_map,
+                "diverse_levels": int(diverse_levels),
                 "sigma": float(sigma),
             },
         )
@@ -436,8 +449,8 @@ class PDD(nn.Module):
         return targets, s_prior, s_plain
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors):
-        # checkpoints from before the fusion option used the official sum
-        check_architecture(self, state_dict, prefix, legacy={"fusion": "sum"})
+        # checkpoints from before these options used the official sum and map
+        check_architecture(self, state_dict, prefix, legacy={"fusion": "sum", "plain_map": "all", "diverse_levels": 1})
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     # ---------------------------------------------------------------------------------------------------- API
@@ -446,7 +459,10 @@ class PDD(nn.Module):
         targets, s_prior, s_plain = self.features(image)
         size = [int(image.shape[-2]), int(image.shape[-1])]
         amap = multiscale_anomaly_map(s_prior, targets, size, "sum", self.align_corners)
-        amap = self.blur(amap + multiscale_anomaly_map(s_plain, targets, size, "sum", self.align_corners))
+        start = self.plain_map_start
+        if start < len(s_plain):
+            amap = amap + multiscale_anomaly_map(s_plain[start:], targets[start:], size, "sum", self.align_corners)
+        amap = self.blur(amap)
         if not torch.jit.is_scripting():
             amap = _like_input(amap, image)
         return amap

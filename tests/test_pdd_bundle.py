@@ -27,8 +27,9 @@ CONFIGS = BUNDLE / "configs"
 TRAIN, EVALUATE, INFER, META = (
     str(CONFIGS / f) for f in ("train.json", "evaluate.json", "inference.json", "metadata.json")
 )
-# the bundle's fusion default: the checkpoint records it, and an eager copy must be built the same way
-FUSION = json.loads((CONFIGS / "train.json").read_text())["fusion"]
+# the bundle's architecture defaults: the checkpoint records them, and an eager copy must be built the same way
+_TRAIN = json.loads((CONFIGS / "train.json").read_text())
+ARCH = {k: _TRAIN[k] for k in ("fusion", "plain_map", "diverse_levels")}
 SIZE = 64
 # the network-shape overrides every workflow of a tiny model needs (train, evaluate, infer, export)
 NET = {"image_size": SIZE, "decoder_blocks": [1, 1, 1], "wrn_weights": "random", "vmamba_weights": "random"}
@@ -64,7 +65,7 @@ def test_train_writes_a_flat_state_dict_with_calibrated_threshold(trained):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert torch.isfinite(state["threshold"])
     assert any(k.startswith("wrn.") for k in state) and any(k.startswith("vmamba.") for k in state)
-    model = PDD(image_size=SIZE, decoder_blocks=(1, 1, 1), wrn_weights="random", vmamba_weights="random", fusion=FUSION)
+    model = PDD(image_size=SIZE, decoder_blocks=(1, 1, 1), wrn_weights="random", vmamba_weights="random", **ARCH)
     model.load_state_dict(state)
 
 
@@ -129,7 +130,7 @@ def test_ckpt_export_torchscript_equals_eager(trained, tmp_path):
     """The documented export path: ``ckpt_export`` with the default ``torch.jit.script`` (no tracing needed)."""
     ts = tmp_path / "model.ts"
     scripted = export_torchscript(trained, META, INFER, ts, **NET)
-    eager = PDD(image_size=SIZE, decoder_blocks=(1, 1, 1), wrn_weights="random", vmamba_weights="random", fusion=FUSION)
+    eager = PDD(image_size=SIZE, decoder_blocks=(1, 1, 1), wrn_weights="random", vmamba_weights="random", **ARCH)
     eager.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
     eager.eval()
     x = torch.rand(2, 3, SIZE, SIZE)

@@ -153,6 +153,25 @@ def test_inference_map_is_the_official_sum_of_cosine_distances(model):
         torch.testing.assert_close(model(x), model.blur(expected), atol=1e-5, rtol=1e-5)
 
 
+def test_consistent_plain_map_leaves_the_plain_students_diverse_levels_out(model):
+    torch.manual_seed(0)
+    kw = {"image_size": SIZE, "wrn_weights": "random", "vmamba_weights": "random", "decoder_blocks": (1, 1, 1)}
+    consistent = PDD(plain_map="consistent", diverse_levels=1, **kw).eval()
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        targets, s_prior, s_plain = consistent.features(x)
+        expected = torch.zeros(1, 1, SIZE, SIZE)
+        # every level of the prior student, the plain one's levels 2-3 (under the consistency hinge) only
+        for s, t in [*zip(s_prior, targets), *zip(s_plain[1:], targets[1:])]:
+            d = 1 - torch.nn.functional.cosine_similarity(s, t, dim=1)[:, None]
+            expected += torch.nn.functional.interpolate(d, size=SIZE, mode="bilinear", align_corners=True)
+        torch.testing.assert_close(consistent(x), consistent.blur(expected), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ArchitectureMismatchError, match="--plain_map consistent"):
+        PDD(plain_map="all", **kw).load_state_dict(consistent.state_dict())
+    with pytest.raises(ValueError, match="plain_map must be one of"):
+        PDD(plain_map="some", **kw)
+
+
 def test_teachers_frozen_and_stay_in_eval(model):
     model.train()
     try:

@@ -294,12 +294,6 @@ RESUME_CASES = {
     "ddad": (
         ["--epochs", "2", "--asr_epochs", "2", "--num_members", "2"], "model.ndm.pt", "DDAD --resume: stages up to"
     ),
-    "d24fad": (  # episodes over the other demo domains; supports redrawn from the epoch number
-        ["--epochs", "3", "--epoch_length", "3", "--batch_size", "2", "--num_support", "2", "--num_calibration", "4",
-         "--teacher_weights", "random", "--resample_support", "True"],
-        "training_state.pt",
-        "--resume: continuing after epoch",
-    ),
 }  # fmt: skip
 
 
@@ -310,9 +304,9 @@ def _train_command(bundle: str, data: Path | None, root: Path, *extra: str) -> l
     return cmd + (["--dataset_dir", str(data)] if data is not None else [])
 
 
-@pytest.mark.parametrize("bundle", ["pdd", "ddad", "d24fad"])
+@pytest.mark.parametrize("bundle", ["pdd", "ddad"])
 def test_a_killed_training_resumes_to_the_result_of_an_uninterrupted_run(bundle, tmp_path):
-    data = None  # DDAD: the demo brains (normals and an unlabeled pool), D²4FAD: its demo sources; PDD: 8 normals
+    data = None  # DDAD: the demo brains (normals and an unlabeled pool); PDD: 8 small normals
     if bundle == "pdd":
         data = tmp_path / "data"
         (data / "train" / "good").mkdir(parents=True)

@@ -99,6 +99,13 @@ class TrainingCheckpoint:
         if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         engine.state.epoch, engine.state.iteration = int(state["epoch"]), int(state["iteration"])
+        loader = engine.state.dataloader
+        if loader is not None and hasattr(loader, "__len__") and engine.state.epoch_length != len(loader):
+            logger.warning(
+                f"--resume: epoch_length {engine.state.epoch_length} is not the data's {len(loader)} batches: an "
+                "uninterrupted run continues one data iterator across epochs, this one starts a new one, so the "
+                "result will differ from the uninterrupted run's"
+            )
         set_rng_state(state["rng"])
         logger.info(f"--resume: continuing after epoch {engine.state.epoch} from '{self.path}'")
 

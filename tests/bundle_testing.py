@@ -81,9 +81,9 @@ def write_mixed_inputs(folder: Path) -> Path:
     return folder
 
 
-def bundle_inference(bundle: Path, inputs: Path, out: Path, **override) -> dict[str, dict[str, Any]]:
+def run_inference(bundle: Path, inputs: Path, out: Path, **override) -> None:
     """Run the bundle's own ``inference.json`` (MONAI ``ConfigWorkflow``, as ``python -m monai.bundle run``) on a
-    folder on the CPU; returns ``{file stem: {"filename", "map", "score", "decision", "threshold"}}``."""
+    folder on the CPU, writing to ``out``."""
     wf = bundle_workflow(
         str(bundle / "configs" / "inference.json"),
         str(bundle / "configs" / "metadata.json"),
@@ -96,6 +96,11 @@ def bundle_inference(bundle: Path, inputs: Path, out: Path, **override) -> dict[
     )
     wf.run()
     wf.finalize()
+
+
+def bundle_inference(bundle: Path, inputs: Path, out: Path, **override) -> dict[str, dict[str, Any]]:
+    """:func:`run_inference`, then ``{file stem: {"filename", "map", "score", "decision", "threshold"}}``."""
+    run_inference(bundle, inputs, out, **override)
     rows = list(csv.DictReader((out / "scores.csv").open()))
     return {
         file_stem(Path(r["filename"]).name): {

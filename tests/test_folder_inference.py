@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_testing import bundle_inference, bundle_workflow
+from bundle_testing import bundle_inference, run_inference
 from PIL import Image
 from test_volume_inference import TINY, make_ddad_bundle
 
@@ -40,18 +40,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 def _run(bundle: Path, inputs: Path, out: Path, **override) -> None:
-    wf = bundle_workflow(
-        str(bundle / "configs" / "inference.json"),
-        str(bundle / "configs" / "metadata.json"),
-        workflow_type="infer",
-        bundle_root=str(bundle),
-        dataset_dir=str(inputs),
-        output_dir=str(out),
-        device="$torch.device('cpu')",
-        **{**TINY, **override},
-    )
-    wf.run()
-    wf.finalize()
+    run_inference(bundle, inputs, out, **{**TINY, **override})
 
 
 def test_tolerant_dataset_yields_what_it_can_and_records_the_rest(tmp_path):

@@ -294,6 +294,13 @@ RESUME_CASES = {
     "ddad": (
         ["--epochs", "2", "--asr_epochs", "2", "--num_members", "2"], "model.ndm.pt", "DDAD --resume: stages up to"
     ),
+    # an epoch of 5 batches splits a pass over the data: the resumed run must continue the pass mid-way
+    "d24fad": (
+        ["--epochs", "3", "--epoch_length", "5", "--batch_size", "2", "--sources", "['demo:chest_xray']",
+         "--teacher_weights", "random"],
+        "training_state.pt",
+        "--resume: continuing after epoch",
+    ),
 }  # fmt: skip
 
 
@@ -304,9 +311,9 @@ def _train_command(bundle: str, data: Path | None, root: Path, *extra: str) -> l
     return cmd + (["--dataset_dir", str(data)] if data is not None else [])
 
 
-@pytest.mark.parametrize("bundle", ["pdd", "ddad"])
+@pytest.mark.parametrize("bundle", ["pdd", "ddad", "d24fad"])
 def test_a_killed_training_resumes_to_the_result_of_an_uninterrupted_run(bundle, tmp_path):
-    data = None  # DDAD: the demo brains (normals and an unlabeled pool); PDD: 8 small normals
+    data = None  # DDAD: the demo brains (normals and an unlabeled pool); D24FAD: demo sources; PDD: 8 small normals
     if bundle == "pdd":
         data = tmp_path / "data"
         (data / "train" / "good").mkdir(parents=True)

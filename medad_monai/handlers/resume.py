@@ -18,6 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from medad_monai.data.samplers import ResumableRandomSampler
 from medad_monai.engines.distributed import is_rank_zero
 from medad_monai.io import atomic_torch_save, remove_stale_temporaries
 from medad_monai.rng import rng_state, set_rng_state
@@ -99,15 +100,28 @@ class TrainingCheckpoint:
         if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         engine.state.epoch, engine.state.iteration = int(state["epoch"]), int(state["iteration"])
+        self._resume_data_order(engine)
+        set_rng_state(state["rng"])
+        logger.info(f"--resume: continuing after epoch {engine.state.epoch} from '{self.path}'")
+
+    @staticmethod
+    def _resume_data_order(engine: Engine) -> None:
+        """Put a :class:`ResumableRandomSampler` where the interrupted run's data iterator stood; warn when the
+        loader's order cannot be recreated and an epoch does not end with a pass over the data."""
         loader = engine.state.dataloader
-        if loader is not None and hasattr(loader, "__len__") and engine.state.epoch_length != len(loader):
+        if loader is None or not hasattr(loader, "__len__"):
+            return
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, ResumableRandomSampler) and getattr(loader, "batch_size", None):
+            batches, iteration = len(loader), engine.state.iteration
+            sampler.resume_at(iteration // batches, (iteration % batches) * loader.batch_size)
+        elif engine.state.epoch_length != len(loader):
             logger.warning(
                 f"--resume: epoch_length {engine.state.epoch_length} is not the data's {len(loader)} batches: an "
                 "uninterrupted run continues one data iterator across epochs, this one starts a new one, so the "
-                "result will differ from the uninterrupted run's"
+                "result will differ from the uninterrupted run's (use medad_monai.data.samplers."
+                "ResumableRandomSampler as the loader's sampler to avoid it)"
             )
-        set_rng_state(state["rng"])
-        logger.info(f"--resume: continuing after epoch {engine.state.epoch} from '{self.path}'")
 
     def save(self, engine: Engine) -> None:
         if not is_rank_zero():

@@ -140,22 +140,48 @@ def test_strict_accepts_the_spellings_of_a_command_line_flag(tmp_path):
         RunOutputs(tmp_path / "o", strict="maybe")
 
 
-def test_a_corrupt_test_image_in_evaluation_exits_with_status_1_and_names_the_file(bundle, tmp_path):
+def _run_bundle(bundle: Path, workflow: str, configs: list[str], data: Path) -> subprocess.CompletedProcess:
+    folder = bundle / "configs"
+    config_files = ",".join(f"'{folder / c}'" for c in configs)
+    overrides = " ".join(f"--{k} {v}" for k, v in TINY.items())
+    cmd = (
+        f'{sys.executable} -m monai.bundle run {workflow} --config_file "[{config_files}]" '
+        f"--meta_file {folder / 'metadata.json'} --bundle_root {bundle} --dataset_dir {data} "
+        f"--device \"\\$torch.device('cpu')\" --epochs 1 --asr_epochs 1 {overrides}"
+    )
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+@pytest.mark.parametrize("problem", ["corrupt image", "mask of another size"])
+def test_a_bad_test_file_in_evaluation_exits_with_status_1_and_names_the_file(bundle, tmp_path, problem):
     # the error is raised inside CacheDataset's thread pool: without the summary hook's exit the interpreter's
     # finalisation aborted (status 134, "terminate called without an active exception") after the traceback
     data = tmp_path / "data"
     _images(data / "train" / "good", [f"n{i}.png" for i in range(4)])
     _images(data / "test" / "good", ["g0.png", "g1.png"], seed=1)
-    _images(data / "test" / "bad", ["b0.png"], seed=2)
-    (data / "test" / "bad" / "b1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    configs = bundle / "configs"
-    overrides = " ".join(f"--{k} {v}" for k, v in TINY.items())
-    cmd = (
-        f"{sys.executable} -m monai.bundle run evaluating --config_file \"['{configs / 'train.json'}',"
-        f"'{configs / 'evaluate.json'}']\" --meta_file {configs / 'metadata.json'} --bundle_root {bundle} "
-        f"--dataset_dir {data} --device \"\\$torch.device('cpu')\" {overrides}"
-    )
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=REPO, timeout=300)
+    _images(data / "test" / "bad", ["b0.png", "b1.png"], seed=2)
+    if problem == "corrupt image":
+        (data / "test" / "bad" / "b1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        expected = ("error: ImageReadError: cannot read image file", "b1.png")
+    else:
+        (data / "ground_truth" / "bad").mkdir(parents=True)
+        Image.fromarray(np.zeros((20, 30), np.uint8)).save(data / "ground_truth" / "bad" / "b1_mask.png")
+        expected = ("error: ImageReadError: mask", "b1_mask.png' has size (30, 20) but its image")
+    proc = _run_bundle(bundle, "evaluating", ["train.json", "evaluate.json"], data)
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ImageReadError: cannot read image file") and "b1.png" in last, last
+    assert last.startswith(expected[0]) and expected[1] in last, last
+
+
+def test_a_corrupt_unlabeled_training_image_exits_with_status_1_and_names_the_file(tmp_path):
+    bundle = make_ddad_bundle(tmp_path / "bundle")
+    data = tmp_path / "data"
+    _images(data / "train" / "good", [f"n{i}.png" for i in range(8)])
+    _images(data / "train" / "unlabeled", ["u0.png", "u1.png", "u2.png"], seed=3)
+    (data / "train" / "unlabeled" / "u3.png").write_bytes(b"GIF89a broken")
+    before = (bundle / "models" / "model.pt").read_bytes()
+    proc = _run_bundle(bundle, "training", ["train.json"], data)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ImageReadError: cannot read image file") and "u3.png" in last, last
+    assert (bundle / "models" / "model.pt").read_bytes() == before  # the working model is untouched

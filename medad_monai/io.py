@@ -15,6 +15,13 @@ import torch
 __all__ = ["atomic_path", "atomic_torch_save", "atomic_write_text", "atomic_write_json", "remove_stale_temporaries"]
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one ``os.replace``.
@@ -29,6 +36,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file 0600; a file written in place would have the umask's mode (e.g. 0644), which a
+        # DICOM router or a viewer running as another user needs
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():

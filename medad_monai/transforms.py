@@ -29,6 +29,7 @@ from medad_monai.io import atomic_path
 
 __all__ = [
     "INTENSITY_POLICIES",
+    "INTENSITY_WINDOW_KEY",
     "AnomalyScored",
     "ChannelPolicyd",
     "CheckMaskSized",
@@ -129,6 +130,8 @@ class ChannelPolicyd(MapTransform):
 
 
 INTENSITY_POLICIES = ("auto", "minmax", "percentile", "fixed")
+# metadata key of a window computed elsewhere (the whole volume's, for one of its slices): (low, high, clip)
+INTENSITY_WINDOW_KEY = "medad_intensity_window"
 _RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # PIL modes of integer rasters and the range their pixels are stored in
 _PIL_MODE_RANGE = {"1": (0.0, 1.0), "L": (0.0, 255.0), "LA": (0.0, 255.0), "P": (0.0, 255.0), "RGB": (0.0, 255.0)}
@@ -223,16 +226,23 @@ class IntensityPolicyd(MapTransform):
         self.fixed_range = None if fixed_range is None else (float(fixed_range[0]), float(fixed_range[1]))
 
     def window(self, img: torch.Tensor) -> tuple[float, float, bool]:
-        """``(low, high, clip)``: the input range mapped to ``[minv, maxv]`` for this image."""
+        """``(low, high, clip)``: the input range mapped to ``[minv, maxv]`` for this image.
+
+        A slice of a volume carries the window of its whole volume in its metadata (``INTENSITY_WINDOW_KEY``, set by
+        :func:`~medad_monai.inference.volume.score_volume`), so that every slice is scaled as the volume is."""
         if self.policy == "fixed":
             assert self.fixed_range is not None
             return (*self.fixed_range, True)
+        given = img.meta.get(INTENSITY_WINDOW_KEY) if isinstance(img, MetaTensor) else None
+        if given is not None:
+            return float(given[0]), float(given[1]), bool(given[2])
         if self.policy == "auto":
             stored = storage_range(source_name(img)) if isinstance(img, MetaTensor) else None
             if stored is not None:
                 return (*stored, True)
         flat = torch.as_tensor(img).detach().float().flatten()
         if self.policy == "percentile":
+            flat = flat[:: flat.numel() // 2**24 + 1]  # torch.quantile's input limit; a whole volume may exceed it
             q = torch.quantile(flat, torch.tensor([self.lower / 100, self.upper / 100]))
             return float(q[0]), float(q[1]), True
         return float(flat.min()), float(flat.max()), False

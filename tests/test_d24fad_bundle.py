@@ -66,6 +66,7 @@ def test_train_stores_target_support_and_threshold(trained):
     state = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert bool(state["has_support"]) and torch.isfinite(state["threshold"])
+    assert 0.05 < float(state["body_fraction"]) < 1  # the calibration normals' body extent, for volumes
     assert state["support_feat_0"].shape == (2, 256, 16, 16)
     model = D24FAD()  # default K=4, 128 px: the buffers adopt the checkpoint's K and size
     model.load_state_dict(state)

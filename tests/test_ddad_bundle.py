@@ -52,6 +52,7 @@ def test_train_writes_a_flat_state_dict_with_calibrated_threshold(trained):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert bool(state["has_udm"])  # the demo data has an unlabeled pool -> R_dual
     assert torch.isfinite(state["threshold"])
+    assert 0.05 < float(state["body_fraction"]) < 1  # the calibration normals' body extent, for volumes
     model = DDAD(num_members=2)
     model.load_state_dict(state)
 

@@ -64,6 +64,7 @@ def test_train_writes_a_flat_state_dict_with_calibrated_threshold(trained):
     state = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert torch.isfinite(state["threshold"])
+    assert 0.05 < float(state["body_fraction"]) < 1  # the calibration normals' body extent, for volumes
     assert any(k.startswith("wrn.") for k in state) and any(k.startswith("vmamba.") for k in state)
     model = PDD(image_size=SIZE, decoder_blocks=(1, 1, 1), wrn_weights="random", vmamba_weights="random", **ARCH)
     model.load_state_dict(state)

@@ -53,12 +53,22 @@ def model(bundle):
     return load_bundle_model(bundle, device="cpu", overrides=TINY)
 
 
+def _body(shape: tuple[int, int]) -> np.ndarray:
+    """The in-plane body outline of the test volume: an ellipse off the image border."""
+    x, y = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return ((x - 20) / 16) ** 2 + ((y - 24) / 19) ** 2 < 1
+
+
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
-    """A 40x48x6 NIfTI volume with a bright blob in slices 2 and 3, and a non-trivial affine."""
+    """A 40x48x6 NIfTI volume: a textured body in every slice on a near-zero background, a bright blob in slices 2
+    and 3 (which hold the volume's maximum, so that their own min-max equals the volume's), a non-trivial affine."""
     rng = np.random.default_rng(0)
-    vol = rng.random((40, 48, 6)).astype(np.float32)
+    vol = rng.random((40, 48, 6)).astype(np.float32) * 0.02
+    body = _body((40, 48))
+    vol[body] = 0.8 + 0.2 * rng.random((int(body.sum()), 6)).astype(np.float32)
     vol[12:22, 15:25, 2:4] += 4.0
+    vol[0, 0, :], vol[20, 24, 2:4] = 0.0, 5.0
     affine = np.array([[0.8, 0, 0, -10.0], [0, 0.9, 0, 5.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
     path = tmp_path_factory.mktemp("vol") / "vol.nii.gz"
     nib.save(nib.Nifti1Image(vol, affine), str(path))
@@ -101,8 +111,10 @@ def test_volume_map_mask_and_scores_keep_the_input_geometry(vol_result, volume):
     assert len(r.slice_scores) == 6 and r.axis == 2
     assert r.score == max(r.slice_scores) and r.top_slice == int(np.argmax(r.slice_scores))
     assert r.decision == int(r.score > 0.5) and r.threshold == 0.5
-    # the mask: map above the threshold, in the slices whose own score is above it (a hand-built reference)
-    expected = (r.map > 0.5).astype(np.uint8)
+    assert r.scored_slices == list(range(6))  # every slice holds the same body
+    # the mask: map above the threshold, inside the body, in the slices whose own score is above it (a hand-built
+    # reference)
+    expected = ((r.map > 0.5) & _body((40, 48))[:, :, None]).astype(np.uint8)
     for k, s in enumerate(r.slice_scores):
         if s <= 0.5:
             expected[:, :, k] = 0
@@ -130,7 +142,8 @@ def test_volume_reductions(model, volume, vol_result):
 
 
 def test_array_input_slices_equal_2d_scoring(model, volume):
-    """Slice k of the volume scored as a 2D array gives the same map and score as inside the volume."""
+    """Slice k of the volume scored as a 2D array gives the same map and score as inside the volume (slice 2 spans
+    the volume's intensity range, so its own scaling and the volume's are the same)."""
     _, vol, affine = volume
     r3 = score_volume(model, vol, affine=affine)
     np.testing.assert_allclose(r3.affine, affine)
@@ -194,10 +207,13 @@ def test_dicom_series_folder(model, tmp_path):
 
 def test_threshold_override_and_uncalibrated_model(model, volume, tmp_path):
     path, _, _ = volume
+    body = np.broadcast_to(_body((40, 48))[:, :, None], (40, 48, 6))
     low = score_volume(model, path, threshold=-1.0)
-    assert low.threshold == -1.0 and low.decision == 1 and low.mask.all()
+    assert low.threshold == -1.0 and low.decision == 1
+    np.testing.assert_array_equal(low.mask, body)  # every voxel of the body, none outside it
     high = score_volume(model, path, threshold=2.0, pixel_threshold=-1.0, mask_scope="all")
-    assert high.decision == 0 and high.is_anomalous is False and high.mask.all()
+    assert high.decision == 0 and high.is_anomalous is False
+    np.testing.assert_array_equal(high.mask, body)
     # by default the label stays off the slices the model calls normal
     assert not score_volume(model, path, threshold=2.0, pixel_threshold=-1.0).mask.any()
     uncal = load_bundle_model(make_ddad_bundle(tmp_path / "uncal", threshold=float("nan")), "cpu", overrides=TINY)

@@ -32,7 +32,9 @@ from torch import nn
 
 from medad_monai.data.datalists import folder_datalist, input_datalist, load_json_datalist
 from medad_monai.data.demo import resolve_dataset_dir
+from medad_monai.data.foreground import body_extent, foreground_fraction
 from medad_monai.handlers.threshold import quantile_threshold
+from medad_monai.networks.body_extent import set_body_extent
 
 __all__ = [
     "SupportSetLoader",
@@ -236,12 +238,15 @@ class SupportSetLoader:
         mode = self.calibration
         if mode == "none":
             return
+        fractions = foreground_fraction(images)
         if mode == "holdout" and not rest:
             logger.warning("D24FAD: no target normals beyond the support set: calibrating by leave-one-out instead")
             mode = "loo"
         if mode == "holdout":
             held = calibration_holdout(rest, self.num_calibration, self.seed, source)
-            scores = self._scores(_load_images(held, self.transform, net.image_size))
+            held_images = _load_images(held, self.transform, net.image_size)
+            scores = self._scores(held_images)
+            fractions = np.concatenate([fractions, foreground_fraction(held_images)])
             what = f"{len(held)} held-out target normals (not in the support set)"
         else:
             if k < 2:
@@ -252,6 +257,7 @@ class SupportSetLoader:
         value = quantile_threshold(scores, self.quantile)
         net.threshold.fill_(value)
         logger.info("D24FAD: threshold %.6g = %.3f quantile of the scores of %s", value, self.quantile, what)
+        set_body_extent(net, body_extent(fractions))  # the support and calibration normals' body fractions
 
 
 def random_support_network(seed: int = 0, **kwargs: Any) -> nn.Module:

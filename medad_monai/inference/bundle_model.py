@@ -133,6 +133,13 @@ class BundleModel:
         t = getattr(self.network, "threshold", None)
         return float(t) if t is not None else float("nan")
 
+    @property
+    def body_fraction(self) -> float:
+        """The least body fraction of a slice this model is served on (its calibration normals' body extent, see
+        :mod:`medad_monai.networks.body_extent`); NaN when not recorded."""
+        b = getattr(self.network, "body_fraction", None)
+        return float(b) if b is not None else float("nan")
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Anomaly maps ``(B, 1, H, W)`` (float32, CPU) of a preprocessed batch ``(B, C, H, W)``."""

@@ -7,12 +7,18 @@ network-resolution map, exactly as the bundle's ``postprocessing`` computes it, 
 slice's size with MONAI's ``Invertd`` on the bundle's transforms (as the config's ``Invertd`` does). The slice maps
 are stacked into a map with exactly the input's spatial shape and affine.
 
-Intensity scaling follows the bundle's ``intensity_policy`` slice by slice: a file with a stored range (8/16-bit
-raster, DICOM window) is scaled by that range, as the bundle's loader does; float volumes (NIfTI) are min-max scaled
-per slice, on purpose: the 2D bundles were trained on 2D images each scaled on its own, so a slice scaled on its
-own is what the network knows; scaling by the volume's range would make slices that hold little of the volume's
-intensity range look unlike any training image. The cost: an almost empty slice is stretched to the full range (a
-constant slice stays constant).
+A volume is scaled once, as the bundle's preprocessing would scale the whole image: the bundle's intensity policy
+(``IntensityPolicyd``) computes one window over the volume (its stored DICOM window, the volume's min-max for
+NIfTI, or its percentiles) and every slice is scaled by it, so a slice holding little of the volume's range stays
+dark instead of being stretched to the full range.
+
+Only the slices that show as much body as the model knows are scored: a voxel is foreground when its scaled
+intensity exceeds ``foreground_threshold`` (holes filled per slice, so dark lesions inside the body count), and a
+slice is scored when its foreground fraction reaches the model's body extent, recorded at calibration from its
+normals (``body_fraction``: 0.8 times their 5% quantile; a model without one scores the slices with at least half
+the largest slice's foreground). Excluded slices get a zero map, no label and no score; the volume score is the
+``volume_reduction`` (default ``max``) of the scored slices' scores. Without that rule the top slice of a head, a
+section with a few pixels of tissue that looks unlike any training image, outscores a lesion.
 
 MONAI's ``SliceInferer`` was considered: it runs a 2D network over the slices of a tensor at the slices' native size
 and cannot apply per-slice preprocessing (resize, channel policy, per-slice scaling) or per-slice scores, which
@@ -31,20 +37,27 @@ import torch
 from monai.data import MetaTensor, PydicomReader
 from monai.transforms import Invertd, LoadImage
 
+from medad_monai.data.foreground import FOREGROUND_THRESHOLD, foreground
 from medad_monai.inference.bundle_model import BundleModel
-from medad_monai.transforms import ImageReadError
+from medad_monai.transforms import INTENSITY_WINDOW_KEY, ImageReadError, IntensityPolicyd
 
 __all__ = [
     "MASK_SCOPES",
     "VOLUME_REDUCTIONS",
+    "RELATIVE_BODY",
     "AnomalyResult",
+    "body_slices",
     "load_input",
     "reduce_scores",
     "score_image",
     "score_volume",
+    "select_slices",
+    "volume_window",
 ]
 
 VOLUME_REDUCTIONS = ("max", "mean", "topk")
+# a model without a recorded body extent scores the slices with at least this fraction of the largest slice's body
+RELATIVE_BODY = 0.5
 MASK_SCOPES = ("anomalous_slices", "all")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
@@ -59,7 +72,8 @@ class AnomalyResult:
         mask: uint8 ``map > pixel_threshold`` (all zeros when no threshold is known); with ``mask_scope``
             ``"anomalous_slices"`` (default) only in the slices (the image, for 2D) whose score exceeds the threshold.
         score: the image (2D) or volume (3D) score; slice_scores: the score of each slice along ``axis``
-            (length 1 for a 2D image).
+            (length 1 for a 2D image; NaN for a slice outside the body, see ``scored_slices``).
+        scored_slices: indices of the slices that were scored (inside the body); every slice of a 2D image.
         threshold: the decision threshold used (the model's calibrated one unless overridden); NaN if none.
         pixel_threshold: the value ``mask`` was cut at (``threshold`` unless overridden).
         decision: 1 anomalous (``score > threshold``), 0 normal, -1 unknown (threshold NaN: model not calibrated),
@@ -83,6 +97,7 @@ class AnomalyResult:
     mask_scope: str = "anomalous_slices"
     axis: int | None = None
     volume_reduction: str = "max"
+    scored_slices: list[int] = field(default_factory=lambda: [0])
     image: np.ndarray | None = field(default=None, repr=False)
     model: dict[str, Any] = field(default_factory=dict)
 
@@ -93,8 +108,9 @@ class AnomalyResult:
 
     @property
     def top_slice(self) -> int:
-        """Index (along ``axis``) of the most anomalous slice; 0 for a 2D image."""
-        return int(np.argmax(self.slice_scores)) if self.slice_scores else 0
+        """Index (along ``axis``) of the most anomalous scored slice; 0 for a 2D image."""
+        scores = np.asarray(self.slice_scores, dtype=np.float64)
+        return int(np.nanargmax(scores)) if np.isfinite(scores).any() else 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays)."""
@@ -106,7 +122,8 @@ class AnomalyResult:
             "mask_scope": self.mask_scope,
             "decision": self.decision,
             "calibrated": bool(np.isfinite(self.threshold)),
-            "slice_scores": list(self.slice_scores),
+            "slice_scores": [float(v) if np.isfinite(v) else None for v in self.slice_scores],
+            "scored_slices": list(self.scored_slices),
             "top_slice": self.top_slice,
             "axis": self.axis,
             "volume_reduction": self.volume_reduction,
@@ -195,15 +212,22 @@ def _decision(score: float, threshold: float) -> int:
 
 @torch.no_grad()
 def _score_slices(
-    model: BundleModel, slices: list[torch.Tensor], batch_size: int, source: str
+    model: BundleModel,
+    slices: list[torch.Tensor],
+    batch_size: int,
+    source: str,
+    window: tuple[float, float, bool] | None = None,
 ) -> tuple[list[torch.Tensor], list[float]]:
-    """Maps at each slice's own size (``(H, W)`` tensors) and scores, for channel-first 2D slices."""
+    """Maps at each slice's own size (``(H, W)`` tensors) and scores, for channel-first 2D slices; ``window``: the
+    volume's intensity window every slice is scaled by (``None``: the policy decides per slice, as for a 2D image)."""
     inverter = Invertd(keys="pred", transform=model.image_transforms, orig_keys="image", nearest_interp=False)
     maps: list[torch.Tensor] = []
     scores: list[float] = []
     # the source file travels with each slice, so that the intensity policy reads its stored range (8/16-bit, DICOM
     # window) exactly as the bundle's own loader does
-    meta = {"filename_or_obj": source}
+    meta: dict[str, Any] = {"filename_or_obj": source}
+    if window is not None:
+        meta[INTENSITY_WINDOW_KEY] = window
     for start in range(0, len(slices), batch_size):
         try:
             items = [
@@ -223,6 +247,60 @@ def _score_slices(
     return maps, scores
 
 
+def volume_window(model: BundleModel, data: torch.Tensor, source: str) -> tuple[float, float, bool] | None:
+    """The intensity window ``(low, high, clip)`` the bundle's ``IntensityPolicyd`` gives the whole volume ``data``
+    (channel first); ``None`` when the bundle has no such transform (its own scaling then runs per slice)."""
+    policy = next((t for t in model.image_transforms.transforms if isinstance(t, IntensityPolicyd)), None)
+    if policy is None:
+        return None
+    return policy.window(MetaTensor(data, meta={"filename_or_obj": source}))
+
+
+def body_slices(
+    data: torch.Tensor,
+    axis: int,
+    window: tuple[float, float, bool] | None,
+    min_fraction: float | None = None,
+    foreground_threshold: float = FOREGROUND_THRESHOLD,
+) -> tuple[np.ndarray, list[int]]:
+    """Foreground voxels and the slices inside the body of a channel-first volume.
+
+    A voxel is foreground when its intensity, scaled to [0, 1] by ``window`` (default the volume's min-max), exceeds
+    ``foreground_threshold``; holes are filled slice by slice (:func:`~medad_monai.data.foreground.foreground`). A
+    slice is inside the body when its foreground fraction is at least ``min_fraction`` (the model's body extent,
+    see :mod:`medad_monai.networks.body_extent`; ``0``: every slice with any foreground) or, when that is ``None``,
+    at least :data:`RELATIVE_BODY` times the largest slice's.
+
+    Returns:
+        the boolean foreground (spatial shape) and the sorted indices (along ``axis``) of the slices inside the body.
+    """
+    if min_fraction is not None and not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"the minimum body fraction of a slice must be in [0, 1], got {min_fraction}")
+    vol = np.moveaxis(data.float().mean(0).numpy(), axis, 0)
+    low, high = (window[0], window[1]) if window is not None else (float(vol.min()), float(vol.max()))
+    fg = np.stack([foreground(s, (low, high), foreground_threshold) for s in vol])
+    area = fg.reshape(fg.shape[0], -1).mean(1)
+    least = RELATIVE_BODY * area.max() if min_fraction is None else min_fraction
+    keep = np.flatnonzero((area > 0) & (area >= least))
+    return np.moveaxis(fg, 0, axis), [int(i) for i in keep]
+
+
+def select_slices(
+    model: BundleModel,
+    data: torch.Tensor,
+    axis: int,
+    source: str = "<array>",
+    min_body_fraction: float | None = None,
+    foreground_threshold: float = FOREGROUND_THRESHOLD,
+) -> tuple[tuple[float, float, bool] | None, np.ndarray, list[int]]:
+    """What :func:`score_volume` scores of a channel-first volume: its intensity window (:func:`volume_window`), its
+    foreground and the slices inside the body (:func:`body_slices`, by default at the model's body extent)."""
+    window = volume_window(model, data, source)
+    least = model.body_fraction if min_body_fraction is None else float(min_body_fraction)
+    foreground, scored = body_slices(data, axis, window, least if np.isfinite(least) else None, foreground_threshold)
+    return window, foreground, scored
+
+
 def score_volume(
     model: BundleModel,
     image: str | os.PathLike | np.ndarray | torch.Tensor,
@@ -234,6 +312,8 @@ def score_volume(
     pixel_threshold: float | None = None,
     mask_scope: str = "anomalous_slices",
     batch_size: int = 16,
+    min_body_fraction: float | None = None,
+    foreground_threshold: float = FOREGROUND_THRESHOLD,
 ) -> AnomalyResult:
     """Score a 2D image or a 3D volume with a 2D bundle.
 
@@ -253,6 +333,10 @@ def score_volume(
             changes nothing (no pixel of a normal slice exceeds the threshold), for ``mean``-reduced ones it keeps
             normal slices free of above-average pixels. ``"all"``: every pixel above ``pixel_threshold``.
         batch_size: slices per network call.
+        min_body_fraction: the least foreground fraction of a scored slice (3D inputs only); default the model's
+            recorded body extent (the body its calibration normals show), or, for a model without one,
+            :data:`RELATIVE_BODY` of the largest slice's. Slices below it get no score, no map and no label.
+        foreground_threshold: which voxels are foreground (:func:`body_slices`).
 
     Raises:
         ImageReadError: naming the file, when it cannot be read or holds non-finite values.
@@ -263,30 +347,43 @@ def score_volume(
         raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {mask_scope!r}")
     data, aff, source = _as_input(image, affine)
     spatial = tuple(data.shape[1:])
-    if len(spatial) == 2:
-        slices, ax = [data], None
+    t = float(threshold) if threshold is not None else model.threshold
+    pt = float(pixel_threshold) if pixel_threshold is not None else t
+    if len(spatial) == 2:  # a 2D image: scored as the bundle's own inference scores it
+        ax, scored = None, [0]
+        maps, slice_scores = _score_slices(model, [data], max(1, int(batch_size)), source)
+        map_np = maps[0].numpy().astype(np.float32)
+        foreground = np.ones(spatial, dtype=bool)
     else:
         if axis not in (0, 1, 2, -1, -2, -3):
             raise ValueError(f"axis must be 0, 1 or 2 for a 3D volume, got {axis}")
         ax = axis % 3
-        slices = list(torch.unbind(data, dim=ax + 1))
-    maps, slice_scores = _score_slices(model, slices, max(1, int(batch_size)), source)
-    full = torch.stack(maps, dim=ax) if ax is not None else maps[0]
-    if tuple(full.shape) != spatial:  # the bundle's inversion must restore every slice's size
-        raise RuntimeError(f"map shape {tuple(full.shape)} != input spatial shape {spatial} for '{source}'")
-    t = float(threshold) if threshold is not None else model.threshold
-    pt = float(pixel_threshold) if pixel_threshold is not None else t
-    map_np = full.numpy().astype(np.float32)
+        window, foreground, scored = select_slices(model, data, ax, source, min_body_fraction, foreground_threshold)
+        if not scored:
+            raise ImageReadError(f"image '{source}' has no foreground: every voxel is at or below its background level")
+        slices = [data.select(ax + 1, i) for i in scored]
+        maps, scores = _score_slices(model, slices, max(1, int(batch_size)), source, window)
+        map_np = np.zeros(spatial, dtype=np.float32)  # slices outside the body: no map
+        index: list[Any] = [slice(None)] * 3
+        index[ax] = scored
+        map_np[tuple(index)] = torch.stack(maps, dim=ax).numpy().astype(np.float32)
+        slice_scores = [float("nan")] * spatial[ax]
+        for i, v in zip(scored, scores):
+            slice_scores[i] = v
+    if map_np.shape != spatial:  # the bundle's inversion must restore every slice's size
+        raise RuntimeError(f"map shape {map_np.shape} != input spatial shape {spatial} for '{source}'")
     mask = (map_np > pt).astype(np.uint8) if np.isfinite(pt) else np.zeros(spatial, dtype=np.uint8)
+    mask &= foreground.astype(np.uint8)
     if mask_scope == "anomalous_slices" and np.isfinite(t):
-        normal = np.asarray(slice_scores) <= t
+        normal = ~(np.asarray(slice_scores) > t)  # NaN (outside the body) counts as normal
         if ax is None:
             mask[...] = 0 if normal[0] else mask
         else:
-            index: list[Any] = [slice(None)] * 3
+            index = [slice(None)] * 3
             index[ax] = np.flatnonzero(normal)
             mask[tuple(index)] = 0
-    score = slice_scores[0] if ax is None else reduce_scores(slice_scores, volume_reduction, top_k)
+    kept = [slice_scores[i] for i in scored]
+    score = kept[0] if ax is None else reduce_scores(kept, volume_reduction, top_k)
     return AnomalyResult(
         map=map_np,
         mask=mask,
@@ -300,6 +397,7 @@ def score_volume(
         mask_scope=mask_scope,
         axis=ax,
         volume_reduction=volume_reduction,
+        scored_slices=scored,
         image=data.mean(0).numpy().astype(np.float32),
         model=model.describe(),
     )

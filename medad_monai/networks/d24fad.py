@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
 from medad_monai.losses.distillation import cosine_distillation_loss
+from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import WideResNetTeacher
 
@@ -163,6 +164,7 @@ class D24FAD(nn.Module):
             self.register_buffer(f"support_keys_{i}", torch.zeros(shape))
         self.register_buffer("has_support", torch.tensor(False))
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
 
     # ------------------------------------------------------------------ helpers
     def _check_images(self, x: Tensor, name: str, expected_dim: int) -> None:
@@ -284,6 +286,7 @@ class D24FAD(nn.Module):
                 if isinstance(incoming, Tensor) and incoming.dim() == 4 and incoming.shape != current.shape:
                     setattr(self, name, torch.zeros(incoming.shape, dtype=current.dtype, device=current.device))
                     resized = True
+        fill_missing_body_extent(state_dict, prefix)  # type: ignore[arg-type]
         if resized:
             feat0 = self.support_feat_0
             if any(getattr(self, f"support_feat_{i}").shape[0] != feat0.shape[0] for i in range(_NUM_SCALES)):

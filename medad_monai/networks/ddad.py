@@ -38,6 +38,7 @@ from torch import nn
 from medad_monai.losses.focal import focal_loss
 from medad_monai.networks.architecture import check_architecture, record_architecture
 from medad_monai.networks.autoencoders import AEEnsemble
+from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
 
 __all__ = ["ASRNet", "DDAD", "MonotoneASRNet", "OUTPUT_MAPS", "REFINEMENTS", "REFINE_INPUTS"]
 
@@ -204,6 +205,7 @@ class DDAD(nn.Module):
         self.register_buffer("has_udm", torch.tensor(False))
         # Decision threshold on the image score, calibrated on validation normals; NaN until calibrated.
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
         record_architecture(
             self,
             {
@@ -222,6 +224,7 @@ class DDAD(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors):
         check_architecture(self, state_dict, prefix)
+        fill_missing_body_extent(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     def _check(self, x: torch.Tensor) -> None:

@@ -51,6 +51,7 @@ from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
 from medad_monai.losses.diversity import diversity_loss
 from medad_monai.losses.feature_regression import level_cosine, level_mse
 from medad_monai.networks.architecture import check_architecture, record_architecture
+from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import IMAGENET_MEAN, IMAGENET_STD, WideResNetTeacher
 from medad_monai.networks.vmamba import (
@@ -393,6 +394,7 @@ class PDD(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
         record_architecture(
             self,
             {
@@ -451,6 +453,7 @@ class PDD(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors):
         # checkpoints from before these options used the official sum and map
         check_architecture(self, state_dict, prefix, legacy={"fusion": "sum", "plain_map": "all", "diverse_levels": 1})
+        fill_missing_body_extent(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     # ---------------------------------------------------------------------------------------------------- API

@@ -12,10 +12,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_text", "atomic_write_json", "remove_stale_temporaries"]
+__all__ = [
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "atomic_write_text",
+    "remove_stale_temporaries",
+    "umask",
+]
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process's umask (read by setting it, then restoring it at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -38,7 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         # mkstemp creates the file 0600; a file written in place would have the umask's mode (e.g. 0644), which a
         # DICOM router or a viewer running as another user needs
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():

@@ -343,3 +343,22 @@ def test_a_killed_training_resumes_to_the_result_of_an_uninterrupted_run(bundle,
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True, msg=k)
     assert not marker.exists()  # removed once the training completed
+
+
+def test_atomic_outputs_follow_the_umask_not_mkstemps_0600(tmp_path):
+    # a DICOM router or a viewer running as another user must be able to read the outputs
+    from medad_monai.data.demo import DemoSpec, ensure_demo_domain
+    from medad_monai.io import atomic_torch_save, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        text = atomic_write_text("x", tmp_path / "a.json")
+        model = atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "model.pt")
+        demo = ensure_demo_domain("fundus", tmp_path / "demo", DemoSpec(n_train=1, n_unlabeled=0, n_test_good=1))
+        os.umask(0o077)
+        private = atomic_write_text("x", tmp_path / "b.json")
+    finally:
+        os.umask(old)
+    assert (text.stat().st_mode & 0o777, model.stat().st_mode & 0o777) == (0o644, 0o644)
+    assert demo.stat().st_mode & 0o777 == 0o755  # the shared demo data, not mkdtemp's 0700
+    assert private.stat().st_mode & 0o777 == 0o600

@@ -318,20 +318,24 @@ def test_parity_with_the_d24fad_inference_config(tmp_path):
         folder.mkdir()
         for i in range(n):
             Image.fromarray(rng.integers(0, 255, (40 + 8 * i, 48), dtype=np.uint8)).save(folder / f"{i}.png")
-    overrides = {"support_dir": str(support), "num_support": 2}
+    overrides = {"num_support": 2}
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(root), **overrides})
-    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    parser.update({"bundle_root": str(root), "support_dir": str(support), **overrides})
+    network = parser.get_parsed_content("network_def")
+    parser.get_parsed_content("support_loader").apply()  # as training ends: support set and threshold stored
+    stored = float(network.threshold)
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    # by default the config serves the stored support set and threshold, as Label and Deploy do
     rows = bundle_inference(root, inputs, tmp_path / "out", **overrides)
     served = load_bundle_model(root, "cpu", overrides=overrides)
-    assert served.reduction == "max" and served.channels == 3 and np.isfinite(served.threshold)
+    assert served.reduction == "max" and served.channels == 3 and served.threshold == pytest.approx(stored)
     assert len(rows) == 2
     for row in rows.values():
         ours = score_volume(served, row["filename"])
         assert ours.map.shape == row["map"].shape and np.abs(ours.map - row["map"]).max() <= 1e-5
         assert ours.score == pytest.approx(row["score"], abs=1e-5)
-        assert ours.threshold == pytest.approx(row["threshold"], abs=1e-6)
+        assert ours.threshold == pytest.approx(row["threshold"], abs=1e-6) and ours.decision == row["decision"]
 
 
 def test_served_d24fad_keeps_its_stored_support_unless_setup_is_forced(tmp_path):

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from medad_monai.io import atomic_write_json
+from medad_monai.io import atomic_write_json, umask
 
 __all__ = [
     "DEMO_DOMAINS",
@@ -490,6 +490,7 @@ def ensure_demo_domain(domain: str, root: str | os.PathLike | None = None, spec:
     tmp = Path(tempfile.mkdtemp(prefix=f".{domain}.", dir=root))
     try:
         generate_domain(domain, tmp, spec)
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would hide the shared demo data from other users
         try:
             os.replace(tmp, dest)
         except OSError:

@@ -35,6 +35,10 @@ __all__ = ["AnomalyTrainTask"]
 logger = logging.getLogger("medad_monai")
 
 SCALED_EPOCH_KEYS = ("asr_epochs",)
+# batch sizes of loaders over the reviewed training normals (drop_last): capped by how many there are
+BATCH_KEYS = ("batch_size", "asr_batch_size")
+# the smallest training batch: BatchNorm cannot train on a single image
+MIN_TRAINING_NORMALS = 2
 
 
 class AnomalyTrainTask(BundleTrainTask):
@@ -72,19 +76,35 @@ class AnomalyTrainTask(BundleTrainTask):
             f"{len(uris[ReviewStatus.UNLABELED])} unreviewed ({len(self._unlabeled)} 2D images); "
             f"{len(bad_normals) + len(bad_pool)} unreadable left out"
         )
-        if len(self._normals) < 2:
+        least = self._min_normals()
+        if len(self._normals) < least:
             raise MONAILabelException(
                 MONAILabelError.INVALID_INPUT,
-                f"training '{Path(self.bundle_path).name}' needs at least 2 readable 2D images reviewed normal (an "
-                f'empty final label, or image info {{"review": "normal"}}); the datastore has {len(self._normals)}',
+                f"training '{Path(self.bundle_path).name}' needs at least {least} readable 2D images reviewed normal "
+                f'(an empty final label, or image info {{"review": "normal"}}); the datastore has '
+                f"{len(self._normals)}",
             )
         return self._normals
+
+    @property
+    def _episodic(self) -> bool:
+        """Whether the bundle trains on episodes over its own source datasets (D²4FAD), not on the normals."""
+        dataset = self.bundle_config.get("train#dataset")
+        return isinstance(dataset, dict) and "data" not in dataset
+
+    def _min_normals(self) -> int:
+        """Reviewed normals training needs: D²4FAD's K supports; otherwise two to train on (a batch of two:
+        BatchNorm cannot train on one image) and one to calibrate the threshold on."""
+        if self._episodic:
+            return max(2, int(self.bundle_config.get("num_support", 2)))
+        return MIN_TRAINING_NORMALS + 1
 
     def _partition_datalist(self, datalist, request, shuffle=False):
         val_split = float(request.get("val_split", 0.2))
         if val_split <= 0:  # the threshold is calibrated on validation normals: keep at least one
             val_split = 1.0 / len(datalist)
-        n_val = min(len(datalist) - 1, max(1, round(len(datalist) * val_split)))
+        keep = 1 if self._episodic else MIN_TRAINING_NORMALS  # D²4FAD does not train on them
+        n_val = min(len(datalist) - keep, max(1, round(len(datalist) * val_split)))
         train, val = partition_dataset(datalist, ratios=[len(datalist) - n_val, n_val], shuffle=shuffle)
         logger.info(f"normals: {len(train)} for training, {len(val)} for threshold calibration")
         return train, val
@@ -106,7 +126,12 @@ class AnomalyTrainTask(BundleTrainTask):
             overrides["train#udm_dataset#data"] = list(train_data) + pool
         if cfg.get("train#pipeline#num_unlabeled") is not None:  # DDAD trains R_intra only without a pool
             overrides["train#pipeline#num_unlabeled"] = len(pool)
-        if isinstance(cfg.get("train#dataset"), dict) and "data" not in cfg.get("train#dataset"):
+        if not self._episodic:  # a few reviewed normals: batches no larger than the training set (drop_last)
+            for key in BATCH_KEYS:
+                value = cfg.get(key)
+                if isinstance(value, int) and value > len(train_data):
+                    overrides[key] = max(MIN_TRAINING_NORMALS, len(train_data))
+        if self._episodic:
             # episodic training over source datasets (D²4FAD): the normals are the target's support set
             overrides.pop(self.const.key_train_dataset_data(), None)
             overrides.pop(self.const.key_validate_dataset_data(), None)

@@ -31,12 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 def datastore(tmp_path) -> LocalDatastore:
-    """Six 2D studies and a 3-slice volume: a normal by info, a normal by empty label, an anomalous label, an
+    """Seven 2D studies and a 3-slice volume: two normals by info, a normal by empty label, an anomalous label, an
     anomalous verdict overriding an empty label, a broken file, and the rest unreviewed."""
     rng = np.random.default_rng(0)
     root = tmp_path / "studies"
     root.mkdir()
-    for name in ("a", "b", "c", "d", "e"):
+    for name in ("a", "b", "c", "d", "e", "f"):
         Image.fromarray(rng.integers(0, 255, (32, 40), dtype=np.uint8)).save(root / f"{name}.png")
     (root / "broken.png").write_bytes(b"not an image")
     affine = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -48,6 +48,7 @@ def datastore(tmp_path) -> LocalDatastore:
     mask[5:9, 5:9] = 1
     Image.fromarray(mask).save(lesion)
     ds.update_image_info("a", {"review": "normal"})
+    ds.update_image_info("f", {"review": "normal"})
     ds.save_label("b", str(empty), "final", {})
     ds.save_label("c", str(lesion), "final", {})
     ds.save_label("d", str(empty), "final", {})
@@ -95,16 +96,18 @@ def _overrides(bundle: str, datastore, tmp_path, max_epochs: int = 3) -> dict:
 
 def test_train_overrides_ddad_normals_validation_and_unlabeled_pool(datastore, tmp_path):
     o = _overrides("ddad", datastore, tmp_path)
-    normals = [datastore.get_image_uri(i) for i in ("a", "b")]
+    normals = [datastore.get_image_uri(i) for i in ("a", "b", "f")]
     train, val = o["train#dataset#data"], o["validate#dataset#data"]
-    assert len(train) == 1 and len(val) == 1 and sorted(d["image"] for d in train + val) == normals
+    # val_split 0.5 of 3 normals: one for the threshold, two to train on (the smallest batch BatchNorm trains on)
+    assert len(train) == 2 and len(val) == 1 and sorted(d["image"] for d in train + val) == normals
+    assert o["batch_size"] == 2 and o["asr_batch_size"] == 2  # a drop_last loader over 2 images still yields a batch
     # the unreviewed 2D images (e + 3 slices of vol) split into the UDM pool and the bundle's held-out fraction
     pool = [d["image"] for d in o["train#udm_dataset#data"]]
     holdout = [d["image"] for d in o["train#pool_holdout_dataset#data"]]
     ddad = json.loads((REPO / "bundles" / "ddad" / "configs" / "train.json").read_text())
     n_out = round(4 * ddad["pool_holdout"])
     assert n_out >= 1 and len(holdout) == n_out and not set(holdout) & set(pool)
-    assert pool[:1] == [train[0]["image"]] and len(pool) == 1 + 4 - n_out  # training normals + the pool
+    assert pool[:2] == [d["image"] for d in train] and len(pool) == 2 + 4 - n_out  # training normals + the pool
     assert o["train#pipeline#num_unlabeled"] == 4 - n_out
     assert o["train#trainer#max_epochs"] == 3
     assert o["asr_epochs"] == max(1, round(ddad["asr_epochs"] * 3 / ddad["epochs"]))
@@ -114,22 +117,28 @@ def test_train_overrides_ddad_normals_validation_and_unlabeled_pool(datastore, t
 def test_train_overrides_d24fad_use_the_normals_as_the_support_set(datastore, tmp_path):
     o = _overrides("d24fad", datastore, tmp_path)
     assert "train#dataset#data" not in o  # it trains on its source datasets
-    assert sorted(d["image"] for d in o["support_dir"]) == [datastore.get_image_uri(i) for i in ("a", "b")]
+    assert sorted(d["image"] for d in o["support_dir"]) == [datastore.get_image_uri(i) for i in ("a", "b", "f")]
+    assert "batch_size" not in o  # it trains on its source datasets, at its own batch size
 
 
 def test_train_overrides_pdd(datastore, tmp_path):
     o = _overrides("pdd", datastore, tmp_path)
-    assert len(o["train#dataset#data"]) == 1 and len(o["validate#dataset#data"]) == 1
+    assert len(o["train#dataset#data"]) == 2 and len(o["validate#dataset#data"]) == 1 and o["batch_size"] == 2
     assert "train#udm_dataset#data" not in o and "support_dir" not in o
 
 
-def test_training_needs_two_normals(tmp_path):
+def test_training_states_the_real_minimum_of_normals(tmp_path):
     root = tmp_path / "s"
     root.mkdir()
-    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "x.png")
+    for name in ("x", "y"):
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / f"{name}.png")
     ds = LocalDatastore(str(root), extensions=("*.png",), auto_reload=False)
-    with pytest.raises(MONAILabelException, match="at least 2 readable 2D images reviewed normal"):
+    for name in ("x", "y"):
+        ds.update_image_info(name, {"review": "normal"})
+    # two to train on and one to calibrate the threshold on; D24FAD needs its K supports (2 by default)
+    with pytest.raises(MONAILabelException, match="at least 3 readable 2D images reviewed normal.*has 2"):
         _overrides("ddad", ds, tmp_path)
+    assert len(_overrides("d24fad", ds, tmp_path)["support_dir"]) == 2
 
 
 def test_find_bundles(tmp_path):

@@ -94,8 +94,33 @@ class LoadAnomalyImaged(MapTransform):
                 )
             if not torch.isfinite(img).all():
                 raise ImageReadError(f"{key} file '{path}' contains NaN or infinite values")
-            d[key] = img
+            d[key] = uniform_meta(img)
         return d
+
+
+def uniform_meta(img: torch.Tensor) -> torch.Tensor:
+    """Keep only the metadata every reader provides, in one form, so that images of mixed formats collate.
+
+    PNG, DICOM and NIfTI readers give different keys (PNG ``width``/``height``, DICOM tags and ``spacing``, NIfTI
+    header fields), and a one-slice DICOM a 3D ``spatial_shape``; a batch mixing them (reviewed normals from a
+    datastore of PNG and DICOM studies) fails to collate on the first key whose shapes differ. What the pipeline
+    reads is kept: the source file, the affine (and the reader's original one), the spatial shape of the (squeezed)
+    image, the space and the original channel dimension.
+    """
+    if not isinstance(img, MetaTensor):
+        return img
+    meta = img.meta
+    affine = np.asarray(img.affine.detach().cpu().numpy(), dtype=np.float64)
+    channel_dim = meta.get("original_channel_dim", float("nan"))
+    img.meta = {
+        "filename_or_obj": meta.get("filename_or_obj", "<in-memory image>"),
+        "affine": img.affine,
+        "original_affine": np.asarray(meta.get("original_affine", affine), dtype=np.float64),
+        "spatial_shape": np.asarray(img.shape[1:], dtype=np.int64),
+        "space": str(meta.get("space", "RAS")),
+        "original_channel_dim": float(channel_dim) if isinstance(channel_dim, (int, float)) else float("nan"),
+    }
+    return img
 
 
 class ChannelPolicyd(MapTransform):

@@ -52,6 +52,32 @@ def test_loads_rgb_16bit_png_dicom(tmp_path):
     assert ct.shape == (1, 128, 128)
 
 
+def test_images_of_mixed_formats_collate_into_one_batch(tmp_path):
+    # reviewed normals in a datastore may be PNG, DICOM and NIfTI: their readers' metadata differ (keys, and a
+    # one-slice DICOM's 3D spatial shape), which failed the batch under pydicom 2.4 (the MONAI Label environment)
+    import shutil
+
+    import nibabel as nib
+    from monai.data import list_data_collate
+    from monai.transforms import Compose, Resized
+    from pydicom.data import get_testdata_file
+
+    Image.fromarray(np.full((40, 50), 7, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((40, 50, 3), 9, np.uint8)).save(tmp_path / "b.png")
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "c.dcm")
+    nib.save(nib.Nifti1Image(np.ones((30, 20), np.float32), np.diag([0.5, 0.5, 1, 1])), str(tmp_path / "d.nii.gz"))
+    pipeline = Compose([LoadAnomalyImaged("image"), ChannelPolicyd("image", 1), Resized("image", (16, 16))])
+    items = [pipeline({"image": str(tmp_path / n)}) for n in ("a.png", "c.dcm", "b.png", "d.nii.gz")]
+    batch = list_data_collate(items)
+    assert batch["image"].shape == (4, 1, 16, 16)
+    assert [str(p).rsplit("/", 1)[-1] for p in batch["image"].meta["filename_or_obj"]] == [
+        "a.png", "c.dcm", "b.png", "d.nii.gz"
+    ]  # fmt: skip
+    assert items[1]["image"].meta["spatial_shape"].tolist() == [64, 64]  # the squeezed DICOM slice, before resizing
+    loaded = LoadAnomalyImaged("image")({"image": str(tmp_path / "d.nii.gz")})["image"]
+    assert float(loaded.affine[0, 0]) == 0.5 and loaded.meta["original_affine"][0, 0] == 0.5  # the geometry is kept
+
+
 def test_channel_policy():
     rgb = MetaTensor(torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1).expand(3, 2, 2).clone())
     gray = ChannelPolicyd("image", channels=1)({"image": rgb})["image"]

@@ -179,3 +179,22 @@ def test_strategy_ranks_with_the_requested_the_configured_or_the_first_trained_b
     with pytest.raises(MONAILabelException) as e:
         none.model_name({})
     assert "no served bundle has a trained model" in e.value.msg
+
+
+@pytest.mark.parametrize("bundle", ["ddad", "pdd"])
+def test_reviewed_normals_of_mixed_formats_collate_in_the_training_pipeline(bundle, tmp_path):
+    # a datastore of PNG studies with one 2D DICOM (the documented *.dcm option): under pydicom 2.4, which this
+    # environment pins, their readers' metadata differed in shape and the first training batch failed to collate
+    from monai.bundle import ConfigParser
+    from monai.data import DataLoader, Dataset
+    from pydicom.data import get_testdata_file
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 50), 20 * i, np.uint8)).save(tmp_path / f"n{i}.png")
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "n3.dcm")
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+    data = [{"image": str(p)} for p in sorted(tmp_path.glob("n*"))]
+    loader = DataLoader(Dataset(data, parser.get_parsed_content("preprocessing")), batch_size=4)
+    batch = next(iter(loader))
+    assert batch["image"].shape[0] == 4 and batch["image"].shape[-1] == parser["image_size"]

@@ -28,6 +28,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 from medad_monai.data.datalists import split_pool
+from medad_monai.errors import actual_error, describe_error
 from medad_monai.label.datastore import ReviewStatus, studies_by_status, training_items
 
 __all__ = ["AnomalyTrainTask"]
@@ -146,6 +147,20 @@ class AnomalyTrainTask(BundleTrainTask):
         shown = {k: (f"{len(v)} items" if isinstance(v, list) else v) for k, v in overrides.items()}
         logger.info(f"train overrides: {shown}")
         return overrides
+
+    def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
+        """The bundle's training; a failure ends with its actual cause, which ``GET /train/`` shows the client.
+
+        MONAI Label runs training without the config's ``initialize`` items, so the bundles' error summary is not
+        installed, and the last lines the client gets would be MONAI's wrapper (``Failed to evaluate
+        ConfigExpression``), with the cause only in the server log."""
+        try:
+            super().run_single_gpu(request, overrides)
+        except Exception as e:
+            if actual_error(e) is e:
+                raise
+            logger.error(f"training '{Path(self.bundle_path).name}' failed", exc_info=e)  # the whole chain
+            raise RuntimeError(f"training '{Path(self.bundle_path).name}' failed: {describe_error(e)}") from None
 
     def _load_checkpoint(self, model_pytorch, pretrained, train_handlers):
         # the stock method calls os.path.exists(None) when pretrained is false

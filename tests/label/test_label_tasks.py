@@ -198,3 +198,23 @@ def test_reviewed_normals_of_mixed_formats_collate_in_the_training_pipeline(bund
     loader = DataLoader(Dataset(data, parser.get_parsed_content("preprocessing")), batch_size=4)
     batch = next(iter(loader))
     assert batch["image"].shape[0] == 4 and batch["image"].shape[-1] == parser["image_size"]
+
+
+def test_a_failed_training_ends_with_its_actual_cause(datastore, tmp_path, monkeypatch):
+    # the client polling GET /train/ sees the last lines of the training's output: they must name the cause, not
+    # MONAI's "Failed to evaluate ConfigExpression" wrapper
+    from monailabel.tasks.train.bundle import BundleTrainTask
+
+    def fail(self, request, overrides):
+        try:
+            raise ValueError("the training loader yields no batch (5 images, batch size 16)")
+        except ValueError as e:
+            raise RuntimeError('Failed to evaluate ConfigExpression: "$@train#trainer.run()"') from e
+
+    monkeypatch.setattr(BundleTrainTask, "run_single_gpu", fail)
+    task = AnomalyTrainTask(REPO / "bundles" / "ddad", {}, slice_cache=tmp_path / "slices")
+    with pytest.raises(RuntimeError) as info:
+        task.run_single_gpu({}, {})
+    assert str(info.value) == "training 'ddad' failed: ValueError: the training loader yields no batch (5 images, " \
+        "batch size 16)"  # fmt: skip
+    assert info.value.__cause__ is None  # so the traceback ends with it

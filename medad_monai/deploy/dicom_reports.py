@@ -32,6 +32,7 @@ __all__ = [
     "MANUFACTURER",
     "build_seg",
     "build_sr",
+    "coding_scheme_item",
     "frames_for_instances",
     "read_source_datasets",
     "write_dataset",
@@ -52,16 +53,37 @@ ANOMALY_SCORE = ("ANOMSCORE", SCHEME, "Anomaly score")
 ANOMALY_THRESHOLD = ("ANOMTHRESH", SCHEME, "Anomaly decision threshold")
 
 
+# Type 2 attributes of the Patient and General Study modules that the SR and SEG copy from their source images:
+# a source may omit them (many single-slice exports do); the standard allows them present and empty
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
 def read_source_datasets(paths: list[Path]) -> list[Any]:
-    """The series' instances as pydicom datasets (with pixels: highdicom checks the source images' geometry)."""
+    """The series' instances as pydicom datasets (with pixels: highdicom checks the source images' geometry);
+    Type 2 patient and study attributes the source omits are added empty (:data:`TYPE2_PATIENT_STUDY`), as the
+    standard allows, so that the SR and SEG, which copy them, can be written."""
     import pydicom
 
     out = []
     for p in paths:
         try:
-            out.append(pydicom.dcmread(p))
+            ds = pydicom.dcmread(p)
         except Exception as e:
             raise OSError(f"cannot read DICOM '{p}': {type(e).__name__}: {e}") from e
+        for keyword in TYPE2_PATIENT_STUDY:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        out.append(ds)
     return out
 
 
@@ -140,7 +162,7 @@ def build_sr(scored: ScoredStudy, datasets: list[Any], series_number: int = 9001
     )
     container = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport)
     container.ContentSequence = hd.sr.ContentSequence(items)
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=datasets,
         content=container,
         series_instance_uid=generate_uid(),
@@ -151,6 +173,19 @@ def build_sr(scored: ScoredStudy, datasets: list[Any], series_number: int = 9001
         is_complete=True,
         series_description=f"AI anomaly report ({name})"[:64],
     )
+    sr.CodingSchemeIdentificationSequence = [coding_scheme_item()]  # our private codes, declared (PS3.3 C.12.1)
+    return sr
+
+
+def coding_scheme_item() -> Any:
+    """The Coding Scheme Identification item that declares :data:`SCHEME` (a private scheme: no registry, no UID)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodingSchemeDesignator = SCHEME
+    item.CodingSchemeName = "medad-monai anomaly detection measurements"
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    return item
 
 
 def _top_instance(scored: ScoredStudy, datasets: list[Any]) -> Any:
@@ -185,6 +220,12 @@ def build_seg(scored: ScoredStudy, datasets: list[Any], series_number: int = 900
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
+    missing = [str(ds.get("SOPInstanceUID", "?")) for ds in datasets if "FrameOfReferenceUID" not in ds]
+    if missing:
+        raise ValueError(
+            f"study '{scored.study.name}': a DICOM SEG needs the source images' frame of reference, and instance "
+            f"{missing[0]} has no FrameOfReferenceUID; the SR and the NIfTI/JSON results are written without it"
+        )
     model = scored.result.model
     name = str(model.get("name") or "anomaly bundle")[:64]
     algorithm = hd.AlgorithmIdentificationSequence(

@@ -176,9 +176,9 @@ class AnomalyResultWriterOperator(_ScoredStudyWriter):
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         scored: ScoredStudy = op_input.receive("scored")
         name = scored.study.name
+        # the DICOM SR and SEG are written later by their own operators and may fail: the run report lists the
+        # files each study got, this JSON only what is written here
         extra: dict[str, Any] = {"study": scored.study.describe()}
-        if scored.study.is_dicom:  # written by the DICOM writer operators, named here so the JSON lists them
-            extra["dicom_outputs"] = {"sr": f"{name}_sr.dcm", "seg": f"{name}_seg.dcm"}
         try:
             paths = write_result(scored.result, self.output_folder, stem=name, extra=extra)
         except Exception as e:

@@ -30,6 +30,7 @@ from deploy_testing import (  # noqa: E402
 )
 from PIL import Image  # noqa: E402
 
+from medad_monai.data.foreground import foreground  # noqa: E402
 from medad_monai.deploy import NoStudyError, discover_studies, resolve_model_path  # noqa: E402
 from medad_monai.deploy.app import REPORT_NAME, AnomalyDetectionApp, main, parse_options  # noqa: E402
 from medad_monai.inference import load_input  # noqa: E402
@@ -106,13 +107,21 @@ def test_json_has_score_threshold_decision_and_study(app_run, mixed_inputs):
         assert s["model"]["name"] == "DDAD-ASR anomaly detection"
         mask = nib.load(str(app_run / f"{stem}_anomaly_mask.nii.gz")).get_fdata()
         assert s["mask_scope"] == "all" and mask.any()
-        np.testing.assert_array_equal(mask, read_map(app_run, stem).get_fdata() > 0.502)
+        expected = read_map(app_run, stem).get_fdata() > 0.502
+        if s["axis"] is not None:  # a volume's label stays inside the body (the foreground of its slices)
+            vol = np.asarray(nib.load(str(mixed_inputs / "volumes" / "vol.nii.gz")).dataobj, dtype=np.float32)
+            window = (float(vol.min()), float(vol.max()))
+            expected &= np.stack([foreground(vol[:, :, k], window) for k in range(vol.shape[2])], axis=2)
+        np.testing.assert_array_equal(mask, expected)
         assert s["anomalous_pixels"] == int(mask.sum())
     ct = read_json(app_run, "ct")
     src = pydicom.dcmread(mixed_inputs / "ct.dcm", stop_before_pixels=True)
     assert ct["study"]["study_instance_uid"] == src.StudyInstanceUID
     assert ct["study"]["series_instance_uid"] == src.SeriesInstanceUID
-    assert ct["dicom_outputs"] == {"sr": "ct_sr.dcm", "seg": "ct_seg.dcm"}
+    assert "dicom_outputs" not in ct  # written later and possibly failing: the run report lists what exists
+    files = {s["name"]: s["files"] for s in json.loads((app_run / REPORT_NAME).read_text())["studies"]}
+    assert (files["ct"]["sr"], files["ct"]["seg"]) == ("ct_sr.dcm", "ct_seg.dcm")
+    assert all((app_run / name).is_file() for study in files.values() for name in study.values())
 
 
 def test_overlay_png_is_readable(app_run):
@@ -143,6 +152,13 @@ def test_dicom_sr_reads_back_in_the_source_study(app_run, mixed_inputs, stem):
     assert finding == ("Abnormal" if summary["decision"] == 1 else "Normal")
     assert items["Algorithm Name"].TextValue == "DDAD-ASR anomaly detection"
     assert items["Source of Measurement"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    # the private codes of the score and threshold are declared (Coding Scheme Identification Sequence)
+    (scheme,) = sr.CodingSchemeIdentificationSequence
+    assert (
+        scheme.CodingSchemeDesignator
+        == "99MEDAD"
+        == items["Anomaly score"].ConceptNameCodeSequence[0]["CodingSchemeDesignator"].value
+    )
 
 
 @pytest.mark.parametrize("stem", ["ct", "mr"])
@@ -410,3 +426,31 @@ def test_a_corrupt_study_is_reported_and_the_others_processed(ddad_bundle, tmp_p
     assert main(["-i", str(inputs), "-o", str(out), "-m", str(ddad_bundle), "--device", "cpu"]) == 1
     report = json.loads((out / REPORT_NAME).read_text())
     assert report["studies"] == [] and [f["study"] for f in report["failures"]] == ["broken"]
+
+
+def test_non_conformant_dicom_gets_its_sr_and_a_reported_seg_failure(ddad_bundle, tmp_path, capsys):
+    # a single-slice MR export without Type 2 patient/study attributes and without a frame of reference: the SR is
+    # written (the missing Type 2 attributes empty, as the standard allows); the SEG cannot reference an image
+    # without a frame of reference: a reported failure of that study (exit 2 with --strict), never a listed file
+    from pydicom.data import get_testdata_file
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                    "FrameOfReferenceUID"):  # fmt: skip
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(inputs / "bare.dcm")
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), "-m", str(ddad_bundle), "--device", "cpu"]) == 0
+    sr = hd.sr.srread(out / "bare_sr.dcm")
+    assert sr.PatientBirthDate == "" and sr.PatientID == ds.PatientID and sr.StudyInstanceUID == ds.StudyInstanceUID
+    assert not (out / "bare_seg.dcm").exists()
+    report = json.loads((out / REPORT_NAME).read_text())
+    (study,) = report["studies"]
+    assert "seg" not in study["files"] and study["files"]["sr"] == "bare_sr.dcm"
+    (failure,) = report["failures"]
+    assert failure["stage"] == "dicom seg" and "has no FrameOfReferenceUID" in failure["error"]
+    strict = ["-i", str(inputs), "-o", str(tmp_path / "strict"), "-m", str(ddad_bundle), "--device", "cpu", "--strict"]
+    assert main(strict) == 2

@@ -20,7 +20,7 @@ import numpy as np
 from medad_monai.deploy.studies import Study
 from medad_monai.inference import AnomalyResult, BundleModel, score_volume
 
-__all__ = ["ScoredStudy", "resolve_model_path", "score_study"]
+__all__ = ["ScoredStudy", "SeriesGeometryError", "check_series_geometry", "resolve_model_path", "score_study"]
 
 
 @dataclass
@@ -69,6 +69,45 @@ def _series_folder(study: Study, scratch: Path) -> Path:
     return folder
 
 
+class SeriesGeometryError(ValueError):
+    """A DICOM series that is not one regular stack of parallel slices (a localizer's other orientation, a gap)."""
+
+
+def check_series_geometry(study: Study, tolerance: float = 0.1) -> None:
+    """Refuse a multi-instance series that would stack into a wrong volume, naming the study and the problem.
+
+    MONAI's reader stacks a series' instances by position and gives the stack one slice spacing: instances of
+    another orientation (localizers in the same series) would be stacked as if parallel, and a gap would be spread
+    evenly over every slice, so the map and the SEG frames would land on the wrong anatomy. Checked here, as
+    highdicom and MONAI Deploy's series selection do: one ``ImageOrientationPatient`` and one size for every
+    instance, distinct positions, and slice spacings within ``tolerance`` (relative) of their median.
+    """
+    import pydicom
+
+    headers = [pydicom.dcmread(f, stop_before_pixels=True, force=True) for f in study.files]
+    orientations = {tuple(np.round([float(v) for v in h.get("ImageOrientationPatient", [])], 4)) for h in headers}
+    if len(orientations) != 1 or not next(iter(orientations)):
+        raise SeriesGeometryError(
+            f"study '{study.name}': its {len(headers)} instances have {len(orientations)} image orientations "
+            "(a localizer in the series?); export each orientation as its own series"
+        )
+    sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
+    if len(sizes) != 1:
+        raise SeriesGeometryError(f"study '{study.name}': its instances have different sizes {sorted(sizes)}")
+    row, col = np.asarray(next(iter(orientations))[:3]), np.asarray(next(iter(orientations))[3:])
+    normal = np.cross(row, col)
+    depth = np.sort([float(np.dot(normal, [float(v) for v in h.ImagePositionPatient])) for h in headers])
+    steps = np.diff(depth)
+    if (steps <= 1e-4).any():
+        raise SeriesGeometryError(f"study '{study.name}': two instances share a slice position")
+    median = float(np.median(steps))
+    if (np.abs(steps - median) > tolerance * median).any():
+        raise SeriesGeometryError(
+            f"study '{study.name}': slice spacing varies from {steps.min():.3g} to {steps.max():.3g} mm (median "
+            f"{median:.3g}): a gap or overlapping slices cannot be stacked into one regular volume"
+        )
+
+
 def score_study(
     model: BundleModel,
     study: Study,
@@ -91,6 +130,7 @@ def score_study(
     if len(study.files) == 1:
         result = score_volume(model, study.files[0], **kwargs)
     else:
+        check_series_geometry(study)
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
             result = score_volume(model, _series_folder(study, Path(tmp)), **kwargs)
         result.source = str(study.files[0].parent)

@@ -454,3 +454,25 @@ def test_non_conformant_dicom_gets_its_sr_and_a_reported_seg_failure(ddad_bundle
     assert failure["stage"] == "dicom seg" and "has no FrameOfReferenceUID" in failure["error"]
     strict = ["-i", str(inputs), "-o", str(tmp_path / "strict"), "-m", str(ddad_bundle), "--device", "cpu", "--strict"]
     assert main(strict) == 2
+
+
+@pytest.mark.parametrize("problem", ["localizer", "gap"])
+def test_a_series_that_is_not_one_regular_stack_is_refused_with_its_reason(ddad_bundle, tmp_path, problem):
+    # stacked as it is, a localizer's slice would be scored as a parallel slice, and a 200 mm gap spread evenly
+    # over the stack (68 mm spacing) would put SEG frames on the wrong instances
+    inputs = tmp_path / "in"
+    paths = _write_series(inputs / "series")
+    ds = pydicom.dcmread(paths[2])
+    if problem == "localizer":
+        ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # sagittal among axials
+    else:
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 200.0]
+    ds.save_as(paths[2])
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), "-m", str(ddad_bundle), "--device", "cpu"]) == 1  # none scored
+    (failure,) = json.loads((out / REPORT_NAME).read_text())["failures"]
+    expected = "3 instances have 2 image orientations" if problem == "localizer" else "slice spacing varies from 5"
+    assert (
+        failure["stage"] == "inference" and "SeriesGeometryError" in failure["error"] and expected in failure["error"]
+    )
+    assert not list(out.glob("series*"))

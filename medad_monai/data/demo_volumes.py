@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,19 +116,18 @@ def demo_volume(
                 continue
             weight = 1.0 if dz == 0 else np.clip(ndimage.gaussian_filter(m.astype(np.float32), 1.0) * 1.5, 0, 1)
             slices[z] = slices[z] + delta * weight
-            masks[z], touched = m, [*touched, z]
+            masks[z] = m
+            touched.append(z)
     noise_rng = np.random.default_rng([seed, 5, *domain.encode()])  # same scanner gain and noise in both versions
     gain = noise_rng.uniform(*var.gain)
-    out = []
-    for s, body in zip(slices, bodies):
-        acquired = _acquire(noise_rng, s, var.__class__(**{**var.__dict__, "gain": (gain, gain)}), body)
-        out.append(np.clip(acquired, 0.0, 1.0))
+    scanner = replace(var, gain=(gain, gain))  # one subject: one gain for every slice
+    out = [np.clip(_acquire(noise_rng, s, scanner, body), 0.0, 1.0) for s, body in zip(slices, bodies)]
     scale, offset, dtype = VOLUME_DOMAINS[domain]
     volume = np.stack(out, axis=-1).transpose(1, 0, 2) * scale + offset  # (rows, cols, Z) -> (X=cols, Y=rows, Z)
     volume = volume.round().astype(dtype) if np.issubdtype(dtype, np.integer) else volume.astype(dtype)
     mask = np.stack(masks, axis=-1).transpose(1, 0, 2).astype(np.uint8)
     affine = np.diag([1.0, 1.0, float(slice_spacing), 1.0])
-    return DemoVolume(volume, mask, affine, sorted(touched))
+    return DemoVolume(volume, mask, affine, touched)
 
 
 def write_demo_volumes(out_dir: str | os.PathLike, domains: list[str] | None = None, seed: int = 0) -> list[Path]:

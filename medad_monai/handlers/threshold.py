@@ -61,8 +61,8 @@ class ThresholdCalibrator:
         for item in items:
             self.scores.extend(torch.as_tensor(item[self.score_key]).detach().cpu().reshape(-1).tolist())
         batch = engine.state.batch  # MONAI's workflows decollate it into a list of items
-        items = batch if isinstance(batch, list) else [batch]
-        for image in (b.get(self.image_key) for b in items if isinstance(b, dict)):
+        inputs = batch if isinstance(batch, list) else [batch]
+        for image in (b.get(self.image_key) for b in inputs if isinstance(b, dict)):
             if image is None:
                 continue
             image = torch.as_tensor(image)

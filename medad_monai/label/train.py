@@ -127,17 +127,17 @@ class AnomalyTrainTask(BundleTrainTask):
             overrides["train#udm_dataset#data"] = list(train_data) + pool
         if cfg.get("train#pipeline#num_unlabeled") is not None:  # DDAD trains R_intra only without a pool
             overrides["train#pipeline#num_unlabeled"] = len(pool)
-        if not self._episodic:  # a few reviewed normals: batches no larger than the training set (drop_last)
-            for key in BATCH_KEYS:
-                value = cfg.get(key)
-                if isinstance(value, int) and value > len(train_data):
-                    overrides[key] = max(MIN_TRAINING_NORMALS, len(train_data))
         if self._episodic:
             # episodic training over source datasets (D²4FAD): the normals are the target's support set
             overrides.pop(self.const.key_train_dataset_data(), None)
             overrides.pop(self.const.key_validate_dataset_data(), None)
             if cfg.get("support_dir") is not None:
                 overrides["support_dir"] = self._normals
+        else:  # a few reviewed normals: batches no larger than the training set (drop_last)
+            for key in BATCH_KEYS:
+                value = cfg.get(key)
+                if isinstance(value, int) and value > len(train_data):
+                    overrides[key] = max(MIN_TRAINING_NORMALS, len(train_data))
         base = cfg.get("epochs")
         if self._max_epochs and isinstance(base, int) and base > 0:
             for key in SCALED_EPOCH_KEYS:

@@ -153,6 +153,29 @@ def test_array_input_slices_equal_2d_scoring(model, volume):
     assert r3.slice_scores[2] == pytest.approx(r2.score, abs=1e-6)
 
 
+def test_slice_maps_are_inverted_together_exactly_as_one_by_one(model, volume):
+    """The slices of a volume share one inversion (their maps resized as one multi-channel image); each map equals
+    the one ``Invertd`` gives the slice alone, and a slice with another original size is inverted on its own."""
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    from medad_monai.inference.volume import _inversion_key, _invert_maps
+
+    _, vol, _ = volume
+    slices = [torch.as_tensor(vol[None, :, :, k]).float() for k in range(3)] + [torch.rand(1, 30, 52)]
+    images = [model.image_transforms({"image": MetaTensor(s, meta={"filename_or_obj": "x"})})["image"] for s in slices]
+    assert _inversion_key(images[0]) == _inversion_key(images[2]) != _inversion_key(images[3])
+    preds = torch.rand(len(images), 1, *images[0].shape[-2:])
+    inverter = Invertd(keys="pred", transform=model.image_transforms, orig_keys="image", nearest_interp=False)
+    together = _invert_maps(inverter, images, preds)
+    for image, pred, got in zip(images, preds, together):
+        alone = torch.as_tensor(inverter({"image": image, "pred": MetaTensor(pred)})["pred"]).float()[0]
+        assert got.shape == alone.shape == image.applied_operations[0]["orig_size"]
+        torch.testing.assert_close(got, alone.as_subclass(torch.Tensor), rtol=0, atol=0)
+    images[1].applied_operations[0]["class"] = "RandAffine"  # an inverse that may not treat channels alike
+    assert _inversion_key(images[1]) is None
+
+
 def test_parity_with_the_bundle_inference_config(bundle, model, tmp_path):
     """Maps and scores equal those of ``inference.json`` run through MONAI's ConfigWorkflow on the same files."""
     from pydicom.data import get_testdata_file

@@ -241,10 +241,60 @@ def _score_slices(
         if pred.ndim != 4 or pred.shape[1] != 1:
             raise RuntimeError(f"bundle '{model.root}': network returned shape {tuple(pred.shape)}, not (B, 1, H, W)")
         scores.extend(float(v) for v in model.score(pred))
-        for it, m in zip(items, pred):
-            out = inverter({"image": it["image"], "pred": MetaTensor(m)})["pred"]
-            maps.append(torch.as_tensor(out).as_subclass(torch.Tensor).float()[0])
+        maps.extend(_invert_maps(inverter, [it["image"] for it in items], pred))
     return maps, scores
+
+
+# Spatial transforms whose inverse reads only its own trace record and treats every channel alike: slices with equal
+# records of these alone are inverted as one multi-channel image (one interpolation instead of one per slice).
+_CHANNELWISE_INVERSES = frozenset(
+    {
+        "Resize",
+        "SpatialPad",
+        "BorderPad",
+        "DivisiblePad",
+        "CenterSpatialCrop",
+        "SpatialCrop",
+        "ResizeWithPadOrCrop",
+        "Flip",
+        "Rotate90",
+        "Zoom",
+    }
+)
+
+
+def _inversion_key(image: Any) -> tuple[Any, ...] | None:
+    """What the inversion of ``image``'s transforms depends on, or ``None`` when it cannot be shared with other
+    slices (a transform outside :data:`_CHANNELWISE_INVERSES`)."""
+    key = []
+    for op in getattr(image, "applied_operations", []):
+        if op.get("class") not in _CHANNELWISE_INVERSES:
+            return None
+        key.append((op["class"], tuple(int(v) for v in op.get("orig_size", ())), repr(op.get("extra_info"))))
+    return tuple(key)
+
+
+def _invert_maps(inverter: Invertd, images: list[Any], preds: torch.Tensor) -> list[torch.Tensor]:
+    """The ``(B, 1, h, w)`` network maps ``preds`` of the preprocessed ``images`` brought back to each slice's size.
+
+    Slices whose transforms are inverted alike (same :func:`_inversion_key`: the slices of one volume) go through
+    ``Invertd`` once, stacked along the channel axis; any other slice is inverted on its own, as before.
+    """
+    keys = [_inversion_key(image) for image in images]
+    out: list[torch.Tensor | None] = [None] * len(images)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(keys):
+        if key is None:
+            inverted = inverter({"image": images[i], "pred": MetaTensor(preds[i])})["pred"]
+            out[i] = torch.as_tensor(inverted).as_subclass(torch.Tensor).float()[0]
+        else:
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        stacked = MetaTensor(torch.cat([preds[i] for i in members], dim=0))
+        inverted = torch.as_tensor(inverter({"image": images[members[0]], "pred": stacked})["pred"])
+        for channel, i in enumerate(members):
+            out[i] = inverted.as_subclass(torch.Tensor).float()[channel]
+    return [m for m in out if m is not None]
 
 
 def volume_window(model: BundleModel, data: torch.Tensor, source: str) -> tuple[float, float, bool] | None:

@@ -111,7 +111,14 @@ class AnomalyTrainTask(BundleTrainTask):
         return train, val
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
-        self._max_epochs = int(request.get("max_epochs", 10))
+        max_epochs = request.get("max_epochs", 10)
+        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+            # checked before any data is read: Ignite would stop only inside the run, after the slices are written
+            raise MONAILabelException(
+                MONAILabelError.INVALID_INPUT,
+                f"training '{Path(self.bundle_path).name}': max_epochs must be a positive integer, got {max_epochs!r}",
+            )
+        self._max_epochs = max_epochs
         return super().__call__(request, datastore)
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:

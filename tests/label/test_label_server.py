@@ -371,3 +371,24 @@ def test_train_through_the_server_on_studies_marked_normal(server, bundles, stud
     picked = requests.post(f"{server}/activelearning/most_anomalous", json={}, timeout=REQUEST_TIMEOUT_S).json()
     assert not picked["id"].startswith("normal_")
     assert picked["model_version"] == result["model"]["model_version"]
+
+
+def _train_status(server: str) -> dict:
+    """Poll ``GET /train/`` (as 3D Slicer does) until the running training ends."""
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while True:
+        status = requests.get(f"{server}/train/", timeout=30).json()
+        if status.get("status") in ("DONE", "ERROR") or time.monotonic() > deadline:
+            return status
+        time.sleep(2)
+
+
+def test_a_refused_training_shows_the_client_its_reason_and_keeps_the_model(server, bundles):
+    model_file = bundles / "pdd" / "models" / "model.pt"
+    before = model_file.read_bytes()
+    r = requests.post(f"{server}/train/pdd", json={"max_epochs": 0}, timeout=60)
+    assert r.status_code == 200, r.text  # training runs in the background; its end is what the client polls
+    status = _train_status(server)
+    assert status.get("status") == "ERROR", status
+    assert "training 'pdd': max_epochs must be a positive integer, got 0" in status["details"][-1], status["details"]
+    assert model_file.read_bytes() == before

@@ -71,17 +71,17 @@ def main() -> None:
     net: PDD = parser.get_parsed_content("network")
     if args.targets == "wrn":
         net.features = lambda image: wrn_only_features(net, image)  # type: ignore[method-assign]
-    loader = parser.get_parsed_content("train#dataloader")
+    loader, criterion = parser.get_parsed_content("train#dataloader"), parser.get_parsed_content("loss")
     opt, sched = parser.get_parsed_content("train#optimizer"), parser.get_parsed_content("train#lr_scheduler")
     for epoch in range(args.epochs):
         net.train()
         for batch in loader:
-            out = net.training_step(_plain(batch["image"]))
+            loss = criterion(net.training_outputs(_plain(batch["image"])))
             opt.zero_grad()
-            out["loss"].backward()
+            loss.backward()
             opt.step()
         sched.step()
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {float(out['loss']):.4f}", flush=True)
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {float(loss):.4f}", flush=True)
 
     test = parser.get_parsed_content("evaluate#dataset")
     xs = torch.stack([_plain(it["image"]) for it in test])

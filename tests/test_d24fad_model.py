@@ -5,8 +5,10 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medad_monai.anomaly_maps import image_score
+from medad_monai.losses.d24fad import D24FADLoss
 from medad_monai.losses.distillation import (
     CosineDistillationLoss,
     cosine_distillation_loss,
@@ -142,17 +144,31 @@ def test_feature_shapes(size):
         assert m(torch.rand(2, 3, size, size)).shape == (2, 1, size, size)
 
 
-def test_training_step_gradients_and_frozen_teacher(model):
+def test_episode_outputs_loss_gradients_and_frozen_teacher(model):
     torch.manual_seed(6)
     model.train()
     try:
         assert not model.teacher.training and not any(mod.training for mod in model.teacher.modules())
         assert model.student.training
         model.zero_grad(set_to_none=True)
-        out = model.training_step(torch.rand(2, 3, SIZE, SIZE), torch.rand(2, K, 3, SIZE, SIZE))
+        pred = model.episode_outputs(torch.rand(2, 3, SIZE, SIZE), torch.rand(2, K, 3, SIZE, SIZE))
+        assert set(pred) == {"query", "prototype", "teacher"} and all(len(v) == 3 for v in pred.values())
+        assert not any(t.requires_grad for t in pred["teacher"])
+        criterion = D24FADLoss(tsd_weight=0.1)
+        loss = criterion(pred)
+        out = criterion.terms
         assert set(out) == {"loss", "ssd", "tsd"}
-        torch.testing.assert_close(out["loss"], out["ssd"] + 0.1 * out["tsd"])
-        out["loss"].backward()
+        # hand-computed reference: both terms are sums over scales of 1 - cos of the flattened maps, batch means
+        ssd = sum(
+            1 - F.cosine_similarity(a.flatten(1), b.flatten(1)).mean() for a, b in zip(pred["query"], pred["prototype"])
+        )
+        tsd = sum(
+            1 - F.cosine_similarity(a.flatten(1), b.flatten(1)).mean() for a, b in zip(pred["teacher"], pred["query"])
+        )
+        torch.testing.assert_close(out["ssd"], ssd.detach())
+        torch.testing.assert_close(out["tsd"], tsd.detach())
+        torch.testing.assert_close(loss.detach(), out["ssd"] + 0.1 * out["tsd"])
+        loss.backward()
         assert all(p.grad is None for p in model.teacher.parameters())
         assert all(not p.requires_grad for p in model.teacher.parameters())
         assert model.student.stages[2][5].conv3.weight.grad is not None
@@ -185,9 +201,9 @@ def test_bad_inputs(model_with_support):
     with pytest.raises(ValueError, match="64x64"):
         m(torch.rand(1, 3, 96, 96))
     with pytest.raises(ValueError, match="num_support=2"):
-        m.training_step(torch.rand(1, 3, SIZE, SIZE), torch.rand(1, K + 1, 3, SIZE, SIZE))
+        m.episode_outputs(torch.rand(1, 3, SIZE, SIZE), torch.rand(1, K + 1, 3, SIZE, SIZE))
     with pytest.raises(ValueError, match="batch size"):
-        m.training_step(torch.rand(2, 3, SIZE, SIZE), torch.rand(1, K, 3, SIZE, SIZE))
+        m.episode_outputs(torch.rand(2, 3, SIZE, SIZE), torch.rand(1, K, 3, SIZE, SIZE))
     with pytest.raises(ValueError, match="multiple of 32"):
         D24FAD(image_size=100)
 
@@ -301,12 +317,13 @@ def test_toy_training_detects_squares():
     g = torch.Generator().manual_seed(0)
     m = D24FAD(teacher_weights="random", image_size=SIZE, num_support=K)
     opt = torch.optim.Adam(m.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
+    criterion = D24FADLoss()
     m.train()
     batch = 2
     for _ in range(20):
         query = _toy_images(batch, g)
         sup = _toy_images(batch * K, g).view(batch, K, 3, SIZE, SIZE)
-        loss = m.training_step(query, sup)["loss"]
+        loss = criterion(m.episode_outputs(query, sup))
         opt.zero_grad()
         loss.backward()
         opt.step()

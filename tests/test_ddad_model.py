@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medad_monai.losses.autoencoder import EnsembleReconstructionLoss, member_loss
+from medad_monai.losses.focal import RefinementLoss, focal_loss
 from medad_monai.networks.autoencoders import AE, AEEnsemble, MemAE, MemoryUnit, build_backbone
 from medad_monai.networks.ddad import DDAD, OUTPUT_MAPS, ASRNet, MonotoneASRNet
 
@@ -44,23 +46,39 @@ def test_memory_addressing_weights_are_a_distribution():
 
 
 def test_backbone_losses():
+    torch.manual_seed(0)
     x = torch.rand(4, 1, 64, 64) * 2 - 1
-    for model in (AE(), AE(uncertainty=True), MemAE()):
-        loss, terms = model.loss(x)
+    for name, model in (("ae", AE()), ("ae-u", AE(uncertainty=True)), ("memae", MemAE())):
+        out = model.training_outputs(x)
+        loss, terms = member_loss(name, out["output"], x, out.get("attention"))
         assert loss.ndim == 0 and torch.isfinite(loss) and "rec" in terms
+        if name == "ae":  # hand-computed: the mean squared error
+            assert loss.item() == pytest.approx(((out["output"] - x) ** 2).mean().item(), rel=1e-6)
+        if name == "ae-u":  # MedIA 2023 Eq. 9 on the (mean, log variance) channels
+            mean, logvar = out["output"][:, :1], out["output"][:, 1:]
+            ref = (torch.exp(-logvar) * (mean - x) ** 2).mean() + logvar.mean()
+            assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+        if name == "memae":
+            att = out["attention"]
+            entropy = -(att * torch.log(att + 1e-12)).sum(1).mean()
+            assert loss.item() == pytest.approx((terms["rec"] + 0.0002 * entropy).item(), rel=1e-6)
     with pytest.raises(ValueError, match="unknown DDAD backbone"):
         build_backbone("vae")
+    with pytest.raises(ValueError, match="unknown DDAD backbone"):
+        EnsembleReconstructionLoss("vae")
 
 
-def test_ensemble_training_step_sums_member_losses():
+def test_ensemble_loss_sums_member_losses_on_their_own_images():
     torch.manual_seed(0)
     ens = AEEnsemble(num_members=2, backbone="ae")
     x = torch.rand(3, 2, 1, 64, 64)
-    out = ens.training_step(x)
-    ref = sum(m.loss(x[:, k])[0] for k, m in enumerate(ens.members))
-    assert out["loss"].item() == pytest.approx(ref.item(), rel=1e-5)
+    criterion = EnsembleReconstructionLoss("ae")
+    loss = criterion(ens.training_outputs(x))
+    ref = sum(F.mse_loss(m(x[:, k]), x[:, k]) for k, m in enumerate(ens.members))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert set(criterion.terms) == {"loss", "rec"} and criterion.terms["rec"].item() == pytest.approx(ref.item() / 2)
     with pytest.raises(ValueError, match="expected images"):
-        ens.training_step(torch.rand(3, 1, 64, 64))
+        ens.training_outputs(torch.rand(3, 1, 64, 64))
 
 
 def test_scores_plain_ae_hand_computed():
@@ -116,19 +134,25 @@ def test_asr_net_architecture():
     assert net(torch.zeros(1, 2, 64, 64)).shape == (1, 2, 64, 64)
 
 
-def test_refinement_step_freezes_ensembles_and_trains_asr():
+def test_refinement_freezes_ensembles_and_trains_asr():
     model = DDAD(backbone="ae-u", num_members=2, image_size=64)
     model.has_udm.fill_(True)
     model.train()
     x = torch.rand(2, 1, 64, 64) * 2 - 1
     mask = torch.zeros(2, 1, 64, 64)
     mask[:, :, 20:30, 20:30] = 1
-    out = model.refinement_step(x, mask)
-    out["loss"].backward()
+    logits = model.refinement_outputs(x)
+    criterion = RefinementLoss()
+    loss = criterion(logits, mask)
+    loss.backward()
     assert not model.ndm.training and not model.udm.training
     assert all(p.grad is None for p in model.ndm.parameters())
     assert all(p.grad is not None for p in model.asr_dual.parameters())
-    assert set(out) == {"loss", "focal_r_intra", "focal_r_dual"}
+    assert set(criterion.terms) == {"loss", "focal_r_intra", "focal_r_dual"}
+    expected = focal_loss(logits["r_intra"], mask) + focal_loss(logits["r_dual"], mask)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="synthetic anomaly mask"):
+        criterion(logits, None)
 
 
 def test_wrong_input_shape_is_a_clear_error():

@@ -1,6 +1,6 @@
 """Episodic data of D²4FAD (Dong et al., ICLR 2026; official ``main.py::train``): supports come from the query's
 dataset and never include the query; fixed (official) vs per-epoch resampled supports; collation for
-``D24FAD.training_step``."""
+``D24FAD.episode_outputs``."""
 
 from __future__ import annotations
 

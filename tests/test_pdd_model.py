@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from medad_monai.losses.diversity import DiversityLoss, diversity_loss, hinge_deep, hinge_shallow
 from medad_monai.losses.feature_regression import level_cosine, level_mse
+from medad_monai.losses.pdd import PDDLoss
 from medad_monai.networks import pdd as pdd_module
 from medad_monai.networks.architecture import ArchitectureMismatchError
 from medad_monai.networks.pdd import PDD, ChannelAdapter, ManifoldPriorAffine, fuse, resolve_vmamba_weights
@@ -185,20 +186,24 @@ def test_teachers_frozen_and_stay_in_eval(model):
         model.eval()
 
 
-def test_training_step_terms_and_gradients():
+def test_training_outputs_and_the_loss_terms_and_gradients():
     torch.manual_seed(0)
     net = PDD(image_size=SIZE, wrn_weights="random", vmamba_weights="random", decoder_blocks=(1, 1, 1))
     net.train()
     x = torch.rand(2, 3, SIZE, SIZE)
-    out = net.training_step(x)
-    assert set(out) == {"loss", "prior", "plain", "div"}
-    targets, s_prior, s_plain = net.features(x)
+    pred = net.training_outputs(x)
+    assert set(pred) == {"targets", "prior", "plain"} and all(len(v) == 3 for v in pred.values())
+    criterion = PDDLoss()
+    loss = criterion(pred)
+    out = criterion.terms
+    assert set(out) == {"loss", "prior", "plain", "div"} and not out["loss"].requires_grad
+    targets, s_prior, s_plain = pred["targets"], pred["prior"], pred["plain"]
     prior = 0.02 * level_mse(s_prior, targets) + 0.05 * level_cosine(s_prior, targets)  # official signs
     assert float(out["prior"]) == pytest.approx(float(prior), rel=1e-4)
     assert float(out["plain"]) == pytest.approx(float(0.02 * level_mse(targets, s_plain)), rel=1e-4)
     expected = out["prior"] + out["plain"] + 0.5 * out["div"]
-    assert out["loss"].item() == pytest.approx(float(expected.detach()), rel=1e-5)
-    out["loss"].backward()
+    assert loss.item() == pytest.approx(float(expected), rel=1e-5) and loss.item() == float(out["loss"])
+    loss.backward()
     assert net.mpa.branches[0].weight.grad is not None and net.target_adapters[0].body[0].weight.grad is not None
     assert all(p.grad is None for p in net.wrn.parameters()) and all(p.grad is None for p in net.vmamba.parameters())
 
@@ -212,35 +217,31 @@ def test_options_detached_targets_separate_students_and_paper_cosine():
         decoder_blocks=(1, 1, 1),
         detach_targets=True,
         shared_decoder=False,
-        prior_cosine="distance",
     ).train()
     assert not net.target_adapters.training and net.student_plain is not net.student
     x = torch.rand(2, 3, SIZE, SIZE)
-    out = net.training_step(x)
-    out["loss"].backward()
+    pred = net.training_outputs(x)
+    paper = PDDLoss(prior_cosine="distance")
+    paper(pred).backward()
     assert all(p.grad is None for p in net.target_adapters.parameters())  # fixed targets
     assert net.unify_adapter.body[0].weight.grad is not None  # the student input still learns
     targets, s_prior, _ = net.features(x)
     prior = 0.02 * level_mse(s_prior, targets) + 0.05 * (3 - level_cosine(s_prior, targets))
-    assert float(out["prior"]) == pytest.approx(float(prior), rel=1e-4)
-    rd_like = PDD(
-        image_size=SIZE,
-        wrn_weights="random",
-        vmamba_weights="random",
-        decoder_blocks=(1, 1, 1),
-        prior_mse_weight=0.0,
-        prior_cos_weight=1.0,
-        prior_cosine="distance",
-        plain_mse_weight=0.0,
-        plain_cos_weight=1.0,
-    ).train()
-    out = rd_like.training_step(x)
-    targets, s_prior, s_plain = rd_like.features(x)
+    assert float(paper.terms["prior"]) == pytest.approx(float(prior), rel=1e-4)
+    rd_like = PDDLoss(
+        prior_mse_weight=0.0, prior_cos_weight=1.0, prior_cosine="distance", plain_mse_weight=0.0, plain_cos_weight=1.0
+    )
+    with torch.no_grad():
+        pred = net.training_outputs(x)
+        rd_like(pred)
+    targets, s_prior, s_plain = pred["targets"], pred["prior"], pred["plain"]
     # reverse distillation's loss: sum over levels of 1 - cos of the flattened maps, for both students
-    assert float(out["prior"]) == pytest.approx(float(3 - level_cosine(s_prior, targets)), rel=1e-4)
-    assert float(out["plain"]) == pytest.approx(float(3 - level_cosine(s_plain, targets)), rel=1e-4)
+    assert float(rd_like.terms["prior"]) == pytest.approx(float(3 - level_cosine(s_prior, targets)), rel=1e-4)
+    assert float(rd_like.terms["plain"]) == pytest.approx(float(3 - level_cosine(s_plain, targets)), rel=1e-4)
     with pytest.raises(ValueError, match="prior_cosine"):
-        PDD(image_size=SIZE, wrn_weights="random", vmamba_weights="random", prior_cosine="angle")
+        PDDLoss(prior_cosine="angle")
+    with pytest.raises(ValueError, match="diverse_levels 4 exceeds"):
+        PDDLoss(diverse_levels=4)(pred)
 
 
 def test_normalized_fusion_weighs_both_teachers_equally_and_the_checkpoint_remembers_it():

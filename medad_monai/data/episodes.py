@@ -7,8 +7,8 @@ images of the same dataset ``d`` (never the query itself). Batches collate (PyTo
 * ``query``: ``(B, 3, H, W)``;
 * ``support``: ``(B, K, 3, H, W)``;
 
-which ``PrepareBatchKeys(["query", "support"])`` and ``MethodInferer("training_step")`` hand to
-:meth:`medad_monai.networks.d24fad.D24FAD.training_step` inside a MONAI ``SupervisedTrainer``.
+which ``PrepareBatchKeys(["query", "support"])`` and ``MethodInferer("episode_outputs")`` hand to
+:meth:`medad_monai.networks.d24fad.D24FAD.episode_outputs` inside a MONAI ``SupervisedTrainer``.
 
 Supports are either drawn once for the whole run (``resample=False``, the official behaviour: the official dataset
 draws each query's supports when it is built) or redrawn every epoch (``resample=True``; attach the dataset to the

@@ -1,8 +1,8 @@
 """Multi-process training (``multi_gpu_train.json``): process group, device, samplers and rank-0-only handlers.
 
-The bundles train methods whose networks compute their own loss through a method (``training_step``,
-``refinement_step``), which ``DistributedDataParallel`` cannot wrap (it synchronises gradients only through
-``forward``), and DDAD trains three overlapping sub-networks in stages, which overlapping DDP wrappers would
+The bundles train methods whose networks compute a training step's outputs through a method other than ``forward``
+(``training_outputs``, ``episode_outputs``, ``refinement_outputs``), which ``DistributedDataParallel`` cannot wrap
+(it synchronises gradients only through ``forward``), and DDAD trains three overlapping sub-networks in stages, which overlapping DDP wrappers would
 corrupt. Data parallelism is therefore explicit and MONAI-native: every rank runs the same ``SupervisedTrainer`` on
 its shard of the data (``DistributedSampler``), and :class:`~medad_monai.handlers.distributed.GradientAllReduce`
 averages the gradients of the optimiser's parameters across ranks between ``backward`` and ``optimizer.step``

@@ -1,9 +1,10 @@
-"""Glue that lets MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` drive methods that compute their own loss.
+"""Glue that lets MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` drive multi-part methods.
 
-Multi-part methods (ensembles, teacher-student distillation, episodic few-shot training) do not fit the
-``loss(network(image), label)`` pattern. Their networks expose a ``training_step(...) -> {"loss": ..., ...}``;
-:class:`MethodInferer` calls it, :func:`output_loss` hands its ``"loss"`` to the trainer, and everything else
-(optimisation, events, handlers, AMP, checkpointing) stays MONAI's.
+Ensembles, teacher-student distillation and episodic few-shot training do not fit ``loss(network(image), label)``
+with one ``forward``: their networks expose what a training step computes as a method returning a dict of
+tensors (``training_outputs``, ``episode_outputs``, ``refinement_outputs``), :class:`MethodInferer` calls it,
+and the method's loss module (``medad_monai.losses``, declared as ``"loss"`` in the bundle's ``train.json``) is the
+trainer's ``loss_function``; everything else (optimisation, events, handlers, AMP, checkpointing) stays MONAI's.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from monai.inferers import Inferer
 from monai.utils import CommonKeys
 from torch import nn
 
-__all__ = ["MethodInferer", "PrepareBatchKeys", "output_loss"]
+__all__ = ["MethodInferer", "PrepareBatchKeys"]
 
 
 class MethodInferer(Inferer):
     """Call ``network.<method>(inputs)`` (or ``network.<method>(**inputs)`` for a dict of inputs).
 
     Args:
-        method: name of the network method, e.g. ``"training_step"``, ``"refinement_step"``, ``"image_scores"``.
+        method: name of the network method, e.g. ``"training_outputs"``, ``"refinement_outputs"``, ``"image_scores"``.
     """
 
-    def __init__(self, method: str = "training_step") -> None:
+    def __init__(self, method: str = "training_outputs") -> None:
         super().__init__()
         self.method = method
 
@@ -40,20 +41,22 @@ class MethodInferer(Inferer):
         return fn(inputs, *args, **kwargs)
 
 
-def output_loss(pred: dict[str, torch.Tensor], target: Any = None) -> torch.Tensor:
-    """The ``loss_function`` for :class:`MethodInferer` training: the step's own ``"loss"``."""
-    return pred["loss"]
-
-
 class PrepareBatchKeys(PrepareBatch):
     """Move ``keys`` of a batch to the device: one key gives a tensor, several a dict (passed as keyword args).
 
-    The target is the batch ``label`` when present (unused by :func:`output_loss`).
+    The target (the loss function's second argument) is the batch's ``target_key`` entry when present (default
+    ``label``), e.g. ``"mask"`` for DDAD's refinement stage.
     """
 
-    def __init__(self, keys: str | Sequence[str] = "image", names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        keys: str | Sequence[str] = "image",
+        names: Sequence[str] | None = None,
+        target_key: str = CommonKeys.LABEL,
+    ) -> None:
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         self.names = list(names) if names is not None else self.keys
+        self.target_key = target_key
         if len(self.names) != len(self.keys):
             raise ValueError("names must match keys one to one")
 
@@ -72,7 +75,7 @@ class PrepareBatchKeys(PrepareBatch):
             for k, n in zip(self.keys, self.names)
         }
         inputs = moved[self.names[0]] if len(self.keys) == 1 else moved
-        target = batchdata.get(CommonKeys.LABEL)
+        target = batchdata.get(self.target_key)
         if isinstance(target, torch.Tensor):
-            target = target.to(device=device, non_blocking=non_blocking)
+            target = torch.as_tensor(target).to(device=device, non_blocking=non_blocking, **kwargs)
         return inputs, target

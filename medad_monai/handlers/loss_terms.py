@@ -1,4 +1,4 @@
-"""Log the epoch average of every term a ``training_step`` returns (e.g. ``rec``, ``logvar``, ``ssd``, ``tsd``)."""
+"""Log the epoch average of every term of the training loss (e.g. ``rec``, ``logvar``, ``ssd``, ``tsd``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,24 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys
 
-__all__ = ["LossTermsLogger"]
+__all__ = ["LossTermsLogger", "step_terms"]
+
+
+def step_terms(engine: Engine) -> dict[str, torch.Tensor]:
+    """The named terms of the last iteration's loss: the loss module's :attr:`~medad_monai.losses.terms.TermsLoss.terms`
+    when it keeps them, else the scalar entries of the trainer's ``pred`` dict."""
+    terms = getattr(getattr(engine, "loss_function", None), "terms", None)
+    if isinstance(terms, dict) and terms:
+        return terms
+    out = engine.state.output
+    pred = out.get(CommonKeys.PRED) if isinstance(out, dict) else None
+    if not isinstance(pred, dict):
+        return {}
+    return {k: v for k, v in pred.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
 class LossTermsLogger:
-    """Averages the scalar entries of the trainer's ``pred`` dict over each epoch.
+    """Averages the terms of the training loss (:func:`step_terms`) over each epoch.
 
     The averages are logged (``logger_name``) and stored in ``engine.state.metrics`` as ``train_<term>`` so that
     StatsHandler/TensorBoard/MLflow handlers see them.
@@ -35,13 +48,11 @@ class LossTermsLogger:
         self._count = 0
 
     def _update(self, engine: Engine) -> None:
-        out = engine.state.output
-        pred = out.get(CommonKeys.PRED) if isinstance(out, dict) else None
-        if not isinstance(pred, dict):
+        terms = step_terms(engine)
+        if not terms:
             return
-        for name, value in pred.items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                self._sums[name] += float(value.detach())
+        for name, value in terms.items():
+            self._sums[name] += float(value.detach())
         self._count += 1
 
     def _log(self, engine: Engine) -> None:

@@ -1,4 +1,5 @@
-"""Focal loss for ASR-Net (Lin et al., ICCV 2017; DDAD MedIA 2023 §3.4, gamma 2)."""
+"""Focal loss for ASR-Net (Lin et al., ICCV 2017; DDAD MedIA 2023 §3.4, gamma 2), and the refinement stage's loss
+over every ASR head (:class:`RefinementLoss`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FocalLoss", "focal_loss"]
+from medad_monai.losses.terms import TermsLoss
+
+__all__ = ["FocalLoss", "RefinementLoss", "focal_loss"]
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> torch.Tensor:
@@ -38,3 +41,23 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return focal_loss(logits, target, self.gamma, self.smooth)
+
+
+class RefinementLoss(TermsLoss):
+    """DDAD's refinement stage (MedIA 2023 §3.4): the sum over the ASR heads (``r_intra``, and ``r_dual`` with a UDM)
+    of the focal loss of their logits against the synthetic anomaly mask; terms ``focal_<head>``.
+
+    Args:
+        gamma: focusing parameter (2 in the paper).
+    """
+
+    def __init__(self, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.gamma = float(gamma)
+
+    def forward(self, pred: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """``pred``: ``{head: (B, 2, H, W) logits}``; ``target``: the ``(B, 1, H, W)`` synthetic anomaly mask."""
+        if target is None:
+            raise ValueError("RefinementLoss needs the synthetic anomaly mask as the target")
+        losses = {f"focal_{name}": focal_loss(logits, target, self.gamma) for name, logits in pred.items()}
+        return self._record(torch.stack(list(losses.values())).sum(), **losses)

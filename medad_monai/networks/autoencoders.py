@@ -4,7 +4,8 @@ The backbone (MedIA 2023 §4.2, official ``models/autoencoder.py``): for a 1x64x
 four [conv 4x4 stride 2, BN, ReLU] blocks with 16-32-64-64 channels (64 -> 4 px), flatten, FC 2048, BN, ReLU,
 FC to a 16-d latent; a mirrored decoder ending in a 4x4 transposed conv with no activation. About 4.49 M
 parameters. AE-U outputs a second channel, the per-pixel log variance; MemAE (Gong et al., ICCV 2019) addresses a
-memory of ``mem_dim`` items with the latent before decoding.
+memory of ``mem_dim`` items with the latent before decoding. Their losses are
+:class:`~medad_monai.losses.autoencoder.EnsembleReconstructionLoss`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from medad_monai.losses.memory import addressing_entropy
-from medad_monai.losses.reconstruction import heteroscedastic_loss
 
 __all__ = ["AE", "AEEnsemble", "MemAE", "MemoryUnit", "build_backbone"]
 
@@ -81,15 +79,9 @@ class AE(nn.Module):
         """Reconstruction ``(B, C, H, W)``; AE-U: mean and log variance stacked, ``(B, 2C, H, W)``."""
         return self.decode(self.encode(x))
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training loss on a batch of normals: MSE (AE) or the heteroscedastic loss (AE-U, MedIA 2023 Eq. 9)."""
-        out = self(x)
-        if self.uncertainty:
-            mean, logvar = out[:, : self.in_channels], out[:, self.in_channels :]
-            loss = heteroscedastic_loss(mean, logvar, x)
-            return loss, {"rec": F.mse_loss(mean.detach(), x), "logvar": logvar.detach().mean()}
-        loss = F.mse_loss(out, x)
-        return loss, {"rec": loss.detach()}
+    def training_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the loss reads: ``{"output": forward(x)}``."""
+        return {"output": self(x)}
 
 
 class MemoryUnit(nn.Module):
@@ -114,7 +106,8 @@ class MemoryUnit(nn.Module):
 
 
 class MemAE(AE):
-    """AE with a memory module on the latent (DDAD backbone "MemAE": 25 items, entropy weight 0.0002)."""
+    """AE with a memory module on the latent (DDAD backbone "MemAE": 25 items; the loss weighs the addressing entropy
+    by 0.0002)."""
 
     def __init__(
         self,
@@ -124,11 +117,9 @@ class MemAE(AE):
         image_size: int = 64,
         mem_dim: int = 25,
         shrink_thres: float = 0.0,
-        entropy_weight: float = 0.0002,
     ) -> None:
         super().__init__(in_channels, latent_size, multiplier, image_size, uncertainty=False)
         self.memory = MemoryUnit(mem_dim, latent_size, shrink_thres)
-        self.entropy_weight = entropy_weight
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction and memory attention."""
@@ -138,12 +129,10 @@ class MemAE(AE):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(x)[0]
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """MSE plus ``entropy_weight`` times the addressing entropy (ICCV 2019 Eq. 10)."""
+    def training_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the loss reads: ``{"output": reconstruction, "attention": memory addressing weights}``."""
         rec, att = self.forward_with_attention(x)
-        mse = F.mse_loss(rec, x)
-        ent = addressing_entropy(att)
-        return mse + self.entropy_weight * ent, {"rec": mse.detach(), "entropy": ent.detach()}
+        return {"output": rec, "attention": att}
 
 
 def build_backbone(
@@ -154,12 +143,11 @@ def build_backbone(
     image_size: int = 64,
     mem_dim: int = 25,
     shrink_thres: float = 0.0,
-    entropy_weight: float = 0.0002,
 ) -> AE:
     """One DDAD backbone by name: ``"ae"``, ``"ae-u"`` or ``"memae"``."""
     name = backbone.lower()
     if name == "memae":
-        return MemAE(in_channels, latent_size, multiplier, image_size, mem_dim, shrink_thres, entropy_weight)
+        return MemAE(in_channels, latent_size, multiplier, image_size, mem_dim, shrink_thres)
     if name in ("ae", "ae-u"):
         return AE(in_channels, latent_size, multiplier, image_size, uncertainty=name == "ae-u")
     raise ValueError(f"unknown DDAD backbone {backbone!r}; choose one of {BACKBONES}")
@@ -168,9 +156,9 @@ def build_backbone(
 class AEEnsemble(nn.Module):
     """K backbones of one kind that differ only by initialisation (and, in training, data order).
 
-    ``forward`` runs every member on the same images and returns ``(B, K, C_out, H, W)``; ``training_step`` takes a
-    member axis ``(B, K, C, H, W)`` (each member its own images, see :class:`~medad_monai.data.EnsembleDataset`)
-    and returns the summed member losses.
+    ``forward`` runs every member on the same images and returns ``(B, K, C_out, H, W)``; ``training_outputs`` takes
+    a member axis ``(B, K, C, H, W)`` (each member its own images, see :class:`~medad_monai.data.EnsembleDataset`)
+    and returns what :class:`~medad_monai.losses.autoencoder.EnsembleReconstructionLoss` sums over the members.
     """
 
     def __init__(self, num_members: int = 3, backbone: str = "ae-u", **backbone_kwargs: float) -> None:
@@ -182,15 +170,12 @@ class AEEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members], dim=1)
 
-    def training_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Sum of the members' losses on their own batches ``x[:, k]``; logs the mean of each loss term."""
+    def training_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """``{"images": x, "outputs": [member k's output on x[:, k]], "attention": [...] (MemAE)}``."""
         if x.ndim != 5 or x.shape[1] != len(self.members):
             raise ValueError(f"expected images (B, K={len(self.members)}, C, H, W), got {tuple(x.shape)}")
-        total = x.new_zeros(())
-        logs: dict[str, torch.Tensor] = {}
-        for k, member in enumerate(self.members):
-            loss, terms = member.loss(x[:, k])
-            total = total + loss
-            for name, value in terms.items():
-                logs[name] = logs.get(name, x.new_zeros(())) + value / len(self.members)
-        return {"loss": total, **logs}
+        per_member = [member.training_outputs(x[:, k]) for k, member in enumerate(self.members)]
+        out: dict[str, torch.Tensor | list[torch.Tensor]] = {"images": x, "outputs": [o["output"] for o in per_member]}
+        if all("attention" in o for o in per_member):
+            out["attention"] = [o["attention"] for o in per_member]
+        return out

@@ -9,9 +9,9 @@ Reference implementation: https://github.com/ttttqz/D24FAD (``main.py``, ``test.
 * learn-to-weight (L2W, ``Learn_to_weight``): per scale, a 1x1 conv maps each *support* student feature map to a
   key; ``logit_j = <vec(key_j), vec(S(query))> / sqrt(C)``; ``w = softmax_j(logit)``; the prototype is
   ``sum_j w_j S(support_j)`` (the un-projected support features);
-* training (episodic, ``main.py::train``): ``loss = SSD + 0.1 * TSD`` with
-  ``SSD = sum_k [1 - cos(vec S_k(query), vec prototype_k)]`` (student self-distillation) and
-  ``TSD = sum_k [1 - cos(vec T_k(query), vec S_k(query))]`` (teacher-student distillation), batch means;
+* training (episodic, ``main.py::train``): ``loss = SSD + 0.1 * TSD`` (:class:`~medad_monai.losses.d24fad.D24FADLoss`
+  over :meth:`D24FAD.episode_outputs`): student self-distillation against the prototype and teacher-student
+  distillation of the query;
 * inference (``test.py::evaluation``): ``map = sum_k up(1 - cos_c(S_k(query), prototype_k))`` (bilinear,
   ``align_corners=True``), Gaussian sigma 4, image score = max.
 """
@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
-from medad_monai.losses.distillation import cosine_distillation_loss
 from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import WideResNetTeacher
@@ -120,7 +119,6 @@ class D24FAD(nn.Module):
         image_size: square input size (multiple of 32); 128 in the paper.
         num_support: number of support (normal reference) images K per query; the paper uses 2, 4, 8.
         sigma: Gaussian smoothing of the inference map in pixels (4 in the official code; 0 disables).
-        tsd_weight: weight of the teacher-student term (0.1 in the official code).
         align_corners: bilinear upsampling flag of the inference map (``True`` in the official ``test.py``).
 
     Buffers (all in ``state_dict``, hence carried by checkpoints and TorchScript export):
@@ -142,7 +140,6 @@ class D24FAD(nn.Module):
         image_size: int = 128,
         num_support: int = 4,
         sigma: float = 4.0,
-        tsd_weight: float = 0.1,
         align_corners: bool = True,
     ) -> None:
         super().__init__()
@@ -152,7 +149,6 @@ class D24FAD(nn.Module):
             raise ValueError(f"D24FAD: num_support must be >= 1, got {num_support}")
         self.image_size = int(image_size)
         self.num_support = int(num_support)
-        self.tsd_weight = float(tsd_weight)
         self.align_corners = bool(align_corners)
         self.teacher = WideResNetTeacher(weights=teacher_weights, normalize=False)
         self.student = ReverseDistillationDecoder(in_channels=2048, num_blocks=(3, 4, 6), width_per_group=128)
@@ -203,8 +199,9 @@ class D24FAD(nn.Module):
         yield from self.l2w.parameters()
 
     # ------------------------------------------------------------------ training
-    def training_step(self, query: Tensor, support: Tensor) -> dict[str, Tensor]:
-        """One episodic step (official ``main.py::train`` loop body); the caller owns the optimiser.
+    def episode_outputs(self, query: Tensor, support: Tensor) -> dict[str, list[Tensor]]:
+        """The features of one episode (official ``main.py::train`` loop body) that
+        :class:`~medad_monai.losses.d24fad.D24FADLoss` reads.
 
         Follows the official code: the support images go through the student *with* gradients, the prototype is
         not detached, and the student sees the query batch and each support slot ``k`` in separate calls, so in
@@ -215,7 +212,8 @@ class D24FAD(nn.Module):
             support: ``(B, K, 3, H, W)`` normal images of the same category, K = ``num_support``.
 
         Returns:
-            ``{"loss": ssd + tsd_weight * tsd, "ssd": ..., "tsd": ...}`` (scalars; ``loss`` has a graph).
+            ``{"query": S(query), "prototype": L2W prototype, "teacher": T(query) layer1..3}``, 3 scales each
+            (the first two with a graph).
         """
         self._check_images(query, "query", 4)
         self._check_images(support, "support", 5)
@@ -231,9 +229,7 @@ class D24FAD(nn.Module):
         per_slot = [self.student(t_support[:, j]) for j in range(k)]
         s_support = [torch.stack([feats[i] for feats in per_slot], dim=1) for i in range(_NUM_SCALES)]
         prototype = self.l2w(s_query, s_support)
-        ssd = cosine_distillation_loss(s_query, prototype)
-        tsd = cosine_distillation_loss(t_query[:_NUM_SCALES], s_query)
-        return {"loss": ssd + self.tsd_weight * tsd, "ssd": ssd, "tsd": tsd}
+        return {"query": s_query, "prototype": prototype, "teacher": t_query[:_NUM_SCALES]}
 
     # ------------------------------------------------------------------ support cache
     @torch.no_grad()

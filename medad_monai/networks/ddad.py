@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medad_monai.losses.focal import focal_loss
 from medad_monai.networks.architecture import check_architecture, record_architecture
 from medad_monai.networks.autoencoders import AEEnsemble
 from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
@@ -147,7 +146,7 @@ class DDAD(nn.Module):
         backbone: ``"ae"``, ``"ae-u"`` (default, the paper's best) or ``"memae"``.
         num_members: K, members per ensemble (3 in the paper).
         in_channels, latent_size, multiplier, image_size: backbone shape (1, 16, 1, 64 in the paper).
-        mem_dim, shrink_thres, entropy_weight: MemAE settings (25, 0, 0.0002 in the official configs).
+        mem_dim, shrink_thres: MemAE settings (25, 0 in the official configs; its entropy weight is the loss's).
         asr_channels: ASR-Net width (128).
         eps: floor of the predicted variance in the AE-U normalisation (numerical safety only).
         output_map: the map ``forward`` serves: ``"refined"`` (the paper: R_dual with a UDM, else R_intra), one
@@ -168,7 +167,6 @@ class DDAD(nn.Module):
         image_size: int = 64,
         mem_dim: int = 25,
         shrink_thres: float = 0.0,
-        entropy_weight: float = 0.0002,
         asr_channels: int = 128,
         eps: float = 1e-8,
         output_map: str = "refined",
@@ -183,7 +181,6 @@ class DDAD(nn.Module):
             image_size=image_size,
             mem_dim=mem_dim,
             shrink_thres=shrink_thres,
-            entropy_weight=entropy_weight,
         )
         self.ndm = AEEnsemble(num_members, backbone, **kwargs)
         self.udm = AEEnsemble(num_members, backbone, **kwargs)
@@ -329,19 +326,17 @@ class DDAD(nn.Module):
         return ["rec", "intra", "inter", "r_intra", "r_dual"] if bool(self.has_udm) else ["rec", "intra", "r_intra"]
 
     @torch.jit.ignore
-    def refinement_step(self, image: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0) -> dict[str, torch.Tensor]:
-        """ASR-Net training step on synthetic anomalies (MedIA 2023 §3.4): focal loss of each available ASR head.
+    def refinement_outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ASR-Net logits on synthetic anomalies (MedIA 2023 §3.4): ``r_intra`` and, when a UDM exists, ``r_dual``,
+        which :class:`~medad_monai.losses.focal.RefinementLoss` compares with the synthetic masks.
 
-        The ensembles are frozen (eval mode, no gradients); R_intra is always trained, R_dual when a UDM exists.
+        The ensembles are frozen (eval mode, no gradients); only the ASR heads get gradients.
         """
         self.ndm.eval()
         self.udm.eval()
         with torch.no_grad():
             maps = self.discrepancy_maps(image)
-        refined = self.refined_maps(maps)
-        losses = {f"focal_{name}": focal_loss(logits, mask, gamma) for name, logits in refined.items()}
-        total = torch.stack(list(losses.values())).sum()
-        return {"loss": total, **losses}
+        return self.refined_maps(maps)
 
     @torch.jit.ignore
     def asr_parameters(self) -> list[nn.Parameter]:

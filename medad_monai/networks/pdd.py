@@ -21,11 +21,10 @@ Follows the official code (``OxygenLu/PDD``: ``models/mamba_decoder.py``, ``scri
   2 blocks per stage, width 128) run twice on ``f_u``: with the MPA priors added to its stage inputs (Student 1,
   "prior") and without (Student 2, "plain"). The official code shares the decoder's weights between them
   (``shared_decoder``).
-* **Losses** (official ``layerloss == 4``; :meth:`PDD.losses`): ``0.02 MSE(s_prior, t) + 0.05 C(s_prior, t)``,
-  ``0.02 MSE(t, s_plain)`` and ``0.5 L_div(s_prior, s_plain)``; MSE and the cosine are taken on each level's
-  flattened map per image and summed over levels. ``C`` is the cosine *similarity* in the official code and the
-  cosine *distance* ``1 - cos`` in the paper's ``L_prp`` (``prior_cosine``). ``L_div``: ``max(0, cos - 0.75)`` on the
-  shallowest level, ``max(0, 0.30 - cos)`` on the two deeper ones.
+* **Losses** (official ``layerloss == 4``): :class:`~medad_monai.losses.pdd.PDDLoss` over what
+  :meth:`PDD.training_outputs` returns: ``0.02 MSE(s_prior, t) + 0.05 C(s_prior, t)``, ``0.02 MSE(t, s_plain)`` and
+  ``0.5 L_div(s_prior, s_plain)``; ``L_div``: ``max(0, cos - 0.75)`` on the shallowest level, ``max(0, 0.30 - cos)``
+  on the two deeper ones.
 * **Inference** (:meth:`PDD.forward`): per level ``1 - cos`` over channels between each student and the target,
   bilinearly upsampled (``align_corners=True``) to the input size, summed over levels and students, Gaussian
   sigma 4 per image; image score = max (postprocessing). ``plain_map="consistent"`` (ours, the demo default) leaves
@@ -48,8 +47,6 @@ from monai.data import MetaTensor
 from torch import Tensor, nn
 
 from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
-from medad_monai.losses.diversity import diversity_loss
-from medad_monai.losses.feature_regression import level_cosine, level_mse
 from medad_monai.networks.architecture import check_architecture, record_architecture
 from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
@@ -66,7 +63,6 @@ __all__ = [
     "PDD",
     "FUSIONS",
     "PLAIN_MAPS",
-    "PRIOR_COSINE",
     "VMAMBA_WEIGHTS_ENV",
     "ChannelAdapter",
     "ManifoldPriorAffine",
@@ -82,7 +78,6 @@ VMAMBA_WEIGHTS_ENV = "MEDAD_VMAMBA_WEIGHTS"
 RESNET_CHANNELS: tuple[int, int, int, int] = (256, 512, 1024, 2048)
 # VMamba-Tiny stage outputs after downsampling (official feature_list): dims[1], dims[2], dims[3], dims[3]
 MAMBA_CHANNELS: tuple[int, int, int, int] = (192, 384, 768, 768)
-PRIOR_COSINE = ("similarity", "distance")
 FUSIONS = ("sum", "normalized")
 PLAIN_MAPS = ("all", "consistent")
 _NUM_LEVELS = 3
@@ -294,18 +289,9 @@ class PDD(nn.Module):
         detach_targets: stop the distillation gradients at the targets: the InA adapters then get none and keep
             their initialisation (BN in eval mode), so the students chase fixed targets (ours; the official code
             trains the adapters with the students).
-        prior_mse_weight, prior_cos_weight: Student 1 ("prior") terms against the targets (official 0.02, 0.05).
-        prior_cosine: ``"similarity"``: the official code adds ``prior_cos_weight * cos``; ``"distance"``: the
-            paper's ``L_prp`` adds ``prior_cos_weight * (1 - cos)``.
-        plain_mse_weight: Student 2 ("plain") MSE weight (official 0.02).
-        plain_cos_weight: Student 2 cosine-distance (``1 - cos``) weight (ours; official 0). With MSE weights 0 and
-            both cosine weights 1 (``prior_cosine="distance"``) the students are distilled with reverse
-            distillation's scale-free loss, which does not depend on the teachers' feature magnitudes.
-        diversity_weight: weight of the diversity loss (official 0.5).
-        tau_low, tau_high: diversity hinges (official and paper, HeadCT: 0.75 and 0.30).
-        diverse_levels: how many of the shallowest levels get the diversity hinge (official ``low_dim_layers=1``);
-            the deeper levels get the consistency hinge.
-        diversity_per_pixel: cosine per pixel (``True``) or of the flattened maps per image (``False``, official).
+        diverse_levels: how many of the shallowest levels the loss pushes apart
+            (:class:`~medad_monai.losses.pdd.PDDLoss`, official ``low_dim_layers=1``); ``plain_map="consistent"``
+            leaves them out of the map.
         plain_map: which levels of Student 2 ("plain") enter the anomaly map: ``"all"`` (official) or
             ``"consistent"`` (ours): only the levels under the consistency hinge, not the ``diverse_levels``, where
             the diversity loss pushes Student 2 away from Student 1 and so from the target on normal tissue.
@@ -326,16 +312,7 @@ class PDD(nn.Module):
         shared_decoder: bool = True,
         fusion: str = "sum",
         detach_targets: bool = False,
-        prior_mse_weight: float = 0.02,
-        prior_cos_weight: float = 0.05,
-        prior_cosine: str = "similarity",
-        plain_mse_weight: float = 0.02,
-        plain_cos_weight: float = 0.0,
-        diversity_weight: float = 0.5,
-        tau_low: float = 0.75,
-        tau_high: float = 0.30,
         diverse_levels: int = 1,
-        diversity_per_pixel: bool = False,
         plain_map: str = "all",
         sigma: float = 4.0,
         align_corners: bool = True,
@@ -352,8 +329,6 @@ class PDD(nn.Module):
             raise ValueError(f"PDD: plain_map must be one of {PLAIN_MAPS}, got {plain_map!r}")
         if fusion not in FUSIONS:
             raise ValueError(f"PDD: fusion must be one of {FUSIONS}, got {fusion!r}")
-        if prior_cosine not in PRIOR_COSINE:
-            raise ValueError(f"PDD: prior_cosine must be one of {PRIOR_COSINE}, got {prior_cosine!r}")
         if not 0 <= diverse_levels <= _NUM_LEVELS:
             raise ValueError(f"PDD: diverse_levels must be in [0, {_NUM_LEVELS}], got {diverse_levels}")
         self.image_size = int(image_size)
@@ -382,11 +357,7 @@ class PDD(nn.Module):
         self.fusion = fusion
         if self.detach_targets:
             self.target_adapters.requires_grad_(False)
-        self.prior_mse_weight, self.prior_cos_weight = float(prior_mse_weight), float(prior_cos_weight)
-        self.prior_cosine, self.plain_mse_weight = prior_cosine, float(plain_mse_weight)
-        self.plain_cos_weight = float(plain_cos_weight)
-        self.diversity_weight, self.tau_low, self.tau_high = float(diversity_weight), float(tau_low), float(tau_high)
-        self.diverse_levels, self.diversity_per_pixel = int(diverse_levels), bool(diversity_per_pixel)
+        self.diverse_levels = int(diverse_levels)
         self.plain_map = plain_map
         self.plain_map_start = self.diverse_levels if plain_map == "consistent" else 0
         self.align_corners = bool(align_corners)
@@ -471,28 +442,7 @@ class PDD(nn.Module):
         return amap
 
     @torch.jit.ignore
-    def losses(self, targets: list[Tensor], s_prior: list[Tensor], s_plain: list[Tensor]) -> dict[str, Tensor]:
-        """The official loss terms (``layerloss == 4``) and their total (``"loss"``)."""
-        cos = level_cosine(s_prior, targets)
-        if self.prior_cosine == "distance":
-            cos = len(targets) - cos  # sum over levels of (1 - cos)
-        prior = self.prior_mse_weight * level_mse(s_prior, targets) + self.prior_cos_weight * cos
-        plain = self.plain_mse_weight * level_mse(targets, s_plain)
-        if self.plain_cos_weight:
-            plain = plain + self.plain_cos_weight * (len(targets) - level_cosine(s_plain, targets))
-        div = diversity_loss(
-            s_prior,
-            s_plain,
-            shallow_levels=tuple(range(self.diverse_levels)),
-            deep_levels=tuple(range(self.diverse_levels, _NUM_LEVELS)),
-            tau_low=self.tau_low,
-            tau_high=self.tau_high,
-            per_pixel=self.diversity_per_pixel,
-        )
-        loss = prior + plain + self.diversity_weight * div
-        return {"loss": loss, "prior": prior.detach(), "plain": plain.detach(), "div": div.detach()}
-
-    @torch.jit.ignore
-    def training_step(self, image: Tensor) -> dict[str, Tensor]:
-        """One training step's losses: ``{"loss", "prior", "plain", "div"}`` (``loss`` carries the gradient)."""
-        return self.losses(*self.features(image))
+    def training_outputs(self, image: Tensor) -> dict[str, list[Tensor]]:
+        """What :class:`~medad_monai.losses.pdd.PDDLoss` reads: ``{"targets", "prior", "plain"}`` (3 levels each)."""
+        targets, s_prior, s_plain = self.features(image)
+        return {"targets": targets, "prior": s_prior, "plain": s_plain}

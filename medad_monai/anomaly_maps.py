@@ -22,7 +22,6 @@ __all__ = [
     "GaussianBlur2d",
     "cosine_distance_map",
     "gaussian_kernel1d",
-    "image_score",
     "multiscale_anomaly_map",
 ]
 
@@ -146,20 +145,6 @@ class GaussianBlur2d(nn.Module):
         y = torch.index_select(y, 3, _symmetric_index(w, self.radius, x.device))
         y = F.conv2d(y, k.view(1, 1, 1, -1))
         return y.reshape(b, c, h, w)
-
-
-def image_score(anomaly_map: Tensor, reduction: str = "max") -> Tensor:
-    """Image-level score from a ``(B, 1, H, W)`` (or ``(B, ...)``) map: ``"max"`` (RD, D²4FAD) or ``"mean"``.
-
-    The official D²4FAD evaluation min-max normalises all maps of the test set before taking the max; that is
-    monotone and does not change any ranking metric, so it is left to the evaluation code.
-    """
-    flat = anomaly_map.reshape(anomaly_map.shape[0], -1)
-    if reduction == "max":
-        return flat.amax(dim=1)
-    if reduction == "mean":
-        return flat.mean(dim=1)
-    raise ValueError(f"image_score: reduction must be 'max' or 'mean', got '{reduction}'")
 
 
 class AnomalyMapGenerator(nn.Module):

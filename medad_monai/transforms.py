@@ -26,6 +26,7 @@ from torch import nn
 
 from medad_monai.data.datalists import file_stem
 from medad_monai.io import atomic_path
+from medad_monai.scores import decision, image_score, score_reduction
 
 __all__ = [
     "INTENSITY_POLICIES",
@@ -392,19 +393,28 @@ class RandPatchBlendAnomalyd(RandomizableTransform, MapTransform):
 
 
 class AnomalyScored(MapTransform):
-    """Image score from an anomaly map: ``max`` (D²4FAD, PDD) or ``mean`` (DDAD) over the map's pixels."""
+    """Image score of an anomaly map (:func:`medad_monai.scores.image_score`) with the reduction its network states
+    (``max`` for D²4FAD and PDD, ``mean`` for DDAD), read from ``network`` when the transform runs.
 
-    def __init__(self, keys: KeysCollection = "pred", reduction: str = "max", score_key: str = "score") -> None:
+    Args:
+        keys: the map's key.
+        network: the network whose maps are scored (its ``score_reduction``).
+        score_key: where the score is stored.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "pred", network: nn.Module | None = None, score_key: str = "score"
+    ) -> None:
         super().__init__(keys)
-        if reduction not in ("max", "mean"):
-            raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
-        self.reduction, self.score_key = reduction, score_key
+        if network is None:
+            raise ValueError("AnomalyScored needs the network whose maps it scores (its score_reduction)")
+        self.network, self.score_key = network, score_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        reduction = score_reduction(self.network)
         for key in self.key_iterator(d):
-            m = torch.as_tensor(d[key]).float()
-            d[self.score_key] = m.max() if self.reduction == "max" else m.mean()
+            d[self.score_key] = image_score(torch.as_tensor(d[key]).float()[None], reduction)[0]
         return d
 
 
@@ -430,7 +440,7 @@ class ThresholdDecisiond(MapTransform):
             )
             self._warned = True
         d["threshold"] = threshold
-        d[self.decision_key] = int(float(d[self.score_key]) > threshold) if np.isfinite(threshold) else -1
+        d[self.decision_key] = decision(float(d[self.score_key]), threshold)
         return d
 
 

@@ -13,9 +13,9 @@ from medad_monai.anomaly_maps import (
     GaussianBlur2d,
     cosine_distance_map,
     gaussian_kernel1d,
-    image_score,
     multiscale_anomaly_map,
 )
+from medad_monai.scores import image_score
 
 
 def _script(obj):
@@ -107,16 +107,6 @@ def test_multiscale_map_errors():
         multiscale_anomaly_map(f, f, [8, 8], mode="max")
     with pytest.raises(ValueError, match="equal length"):
         multiscale_anomaly_map(f, f + f, [8, 8])
-
-
-def test_image_score():
-    m = torch.zeros(2, 1, 4, 4)
-    m[0, 0, 1, 1] = 3.0
-    m[1] += 1.0
-    torch.testing.assert_close(image_score(m), torch.tensor([3.0, 1.0]))
-    torch.testing.assert_close(image_score(m, "mean"), torch.tensor([3.0 / 16, 1.0]))
-    with pytest.raises(ValueError, match="reduction"):
-        image_score(m, "median")
 
 
 def test_generator_scripted_matches_eager():

@@ -140,13 +140,15 @@ def test_no_anomaly_with_probability_zero():
 
 def test_score_and_decision():
     d = {"pred": torch.tensor([[[0.1, 0.5], [0.2, 0.4]]])}
-    assert AnomalyScored(reduction="max")(d)["score"].item() == pytest.approx(0.5)
-    assert AnomalyScored(reduction="mean")(d)["score"].item() == pytest.approx(0.3)
 
     class Net(torch.nn.Module):
-        def __init__(self):
+        def __init__(self, reduction: str = "max"):
             super().__init__()
+            self.score_reduction = reduction
             self.register_buffer("threshold", torch.tensor(0.25))
+
+    assert AnomalyScored(network=Net("max"))(d)["score"].item() == pytest.approx(0.5)
+    assert AnomalyScored(network=Net("mean"))(d)["score"].item() == pytest.approx(0.3)
 
     net = Net()
     out = ThresholdDecisiond(net)({"score": torch.tensor(0.3)})

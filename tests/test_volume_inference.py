@@ -81,7 +81,7 @@ def vol_result(model, volume) -> AnomalyResult:
 
 
 def test_load_bundle_model_reads_reduction_size_and_threshold(model, bundle):
-    assert model.reduction == "mean"  # DDAD's AnomalyScored
+    assert model.reduction == "mean"  # the DDAD network's score_reduction
     assert (model.channels, model.spatial_size) == (1, (64, 64))
     assert model.threshold == pytest.approx(0.5)
     assert not model.network.training and model.device == torch.device("cpu")

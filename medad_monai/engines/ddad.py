@@ -39,6 +39,7 @@ from medad_monai.metrics.refinement_checks import is_non_decreasing, pixel_separ
 from medad_monai.metrics.score_selection import pool_separation, select_score
 from medad_monai.networks.ddad import DDAD, OUTPUT_MAPS
 from medad_monai.rng import rng_state, set_rng_state
+from medad_monai.scores import image_score, score_reduction
 
 __all__ = ["DDADTraining", "refinement_checks", "select_served_map"]
 
@@ -174,7 +175,8 @@ def select_served_map(
         if dataset is None or len(dataset) == 0:  # type: ignore[arg-type]
             return {}
         maps = _collect_maps(network, dataset, batch_size)
-        return {served: maps[key].flatten(1).mean(1).numpy() for served, key in names.items() if key in maps}
+        reduction = score_reduction(network)
+        return {served: image_score(maps[key], reduction).numpy() for served, key in names.items() if key in maps}
 
     held_out, trained = scores(pool_holdout), scores(pool_trained)
     pool = {

@@ -2,12 +2,12 @@
 
 The bundles train methods whose networks compute a training step's outputs through a method other than ``forward``
 (``training_outputs``, ``episode_outputs``, ``refinement_outputs``), which ``DistributedDataParallel`` cannot wrap
-(it synchronises gradients only through ``forward``), and DDAD trains three overlapping sub-networks in stages, which overlapping DDP wrappers would
-corrupt. Data parallelism is therefore explicit and MONAI-native: every rank runs the same ``SupervisedTrainer`` on
-its shard of the data (``DistributedSampler``), and :class:`~medad_monai.handlers.distributed.GradientAllReduce`
-averages the gradients of the optimiser's parameters across ranks between ``backward`` and ``optimizer.step``
-(MONAI's ``IterationEvents.BACKWARD_COMPLETED``), which is what DDP computes. Checkpoints, validation, progress
-bars and logs run on rank 0 only.
+(it synchronises gradients only through ``forward``), and DDAD trains three overlapping sub-networks in stages,
+which overlapping DDP wrappers would corrupt. Data parallelism is therefore explicit and MONAI-native: every rank
+runs the same ``SupervisedTrainer`` on its shard of the data (``DistributedSampler``), and
+:class:`~medad_monai.handlers.distributed.GradientAllReduce` averages the gradients of the optimiser's parameters
+across ranks between ``backward`` and ``optimizer.step`` (MONAI's ``IterationEvents.BACKWARD_COMPLETED``), which is
+what DDP computes. Checkpoints, validation, progress bars and logs run on rank 0 only.
 
 Launch: ``torchrun --standalone --nproc_per_node=N -m monai.bundle run --config_file
 "['configs/train.json','configs/multi_gpu_train.json']"`` (NCCL on GPUs, gloo on CPUs).

@@ -35,6 +35,7 @@ from medad_monai.data.demo import resolve_dataset_dir
 from medad_monai.data.foreground import body_extent, foreground_fraction
 from medad_monai.handlers.threshold import quantile_threshold
 from medad_monai.networks.body_extent import set_body_extent
+from medad_monai.scores import image_score, score_reduction
 
 __all__ = [
     "SupportSetLoader",
@@ -184,10 +185,11 @@ class SupportSetLoader:
     @torch.no_grad()
     def _scores(self, images: torch.Tensor) -> np.ndarray:
         was_training = self.network.training
+        reduction = score_reduction(self.network)
         self.network.eval()
         try:
             out = [
-                self.network(images[i : i + self.batch_size].to(self._device())).amax(dim=(1, 2, 3)).cpu()
+                image_score(self.network(images[i : i + self.batch_size].to(self._device())), reduction).cpu()
                 for i in range(0, images.shape[0], self.batch_size)
             ]
         finally:
@@ -205,7 +207,7 @@ class SupportSetLoader:
                 others = [i for i in range(k) if i != j]
                 idx = others + [others[0]]  # refill the left-out slot: the model expects K supports
                 amap = self.network.forward_with_support(support[j : j + 1], support[idx])
-                scores.append(float(amap.amax()))
+                scores.append(float(image_score(amap, score_reduction(self.network))[0]))
         finally:
             self.network.train(was_training)
         return np.asarray(scores)

@@ -2,8 +2,8 @@
 
 A served bundle is the bundle's own ``network_def`` with its weights (``models/model.pt``, or the TorchScript
 ``models/model.ts`` that ``ckpt_export`` writes), the bundle's own per-image preprocessing (parsed from
-``configs/inference.json`` with MONAI's ``ConfigParser``), the image-score reduction of its ``AnomalyScored``
-postprocessing transform, the network input size and channels from ``configs/metadata.json`` and the calibrated
+``configs/inference.json`` with MONAI's ``ConfigParser``), the image-score reduction its network states
+(:mod:`medad_monai.scores`), the network input size and channels from ``configs/metadata.json`` and the calibrated
 threshold stored in the network's ``threshold`` buffer (DESIGN §2: everything inference needs is in the network).
 """
 
@@ -26,13 +26,13 @@ from monai.data import load_net_with_metadata
 from monai.transforms import Compose, LoadImage, LoadImaged
 from torch import nn
 
+from medad_monai.scores import SCORE_REDUCTIONS, image_score, score_reduction
 from medad_monai.transforms import LoadAnomalyImaged
 
 logger = logging.getLogger("medad_monai")
 
 __all__ = ["TRUST_ENV", "BundleLoadError", "BundleModel", "file_version", "load_bundle_model", "model_version"]
 
-REDUCTIONS = ("max", "mean")
 # a TorchScript file's embedded inference.json runs as code when parsed: only with this set (or the argument)
 TRUST_ENV = "MEDAD_TRUST_EMBEDDED_CONFIG"
 _VERSION_CACHE: dict[tuple[str, int, int], str] = {}
@@ -107,7 +107,7 @@ class BundleModel:
         preprocessing: the config's whole ``preprocessing`` (loader included) for a ``{"image": path}`` item.
         image_transforms: the same transforms without the loader: applied to ``{"image": (C, H, W) tensor}``,
             i.e. one loaded 2D image or one slice of a volume (channel policy, resize, intensity scaling).
-        reduction: the image score of a map, ``"mean"`` (DDAD) or ``"max"`` (others), from ``AnomalyScored``.
+        reduction: the image score of a map, ``"mean"`` (DDAD) or ``"max"`` (others), as the network states it.
         channels, spatial_size: the network input from metadata ``inputs.image``.
         model_file: the weights served; model_version: :func:`file_version` of it.
     """
@@ -147,9 +147,9 @@ class BundleModel:
         return self.network(x).float().cpu()
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:
-        """Image scores ``(B,)`` of network-resolution maps ``(B, 1, H, W)`` with the bundle's reduction."""
-        flat = torch.as_tensor(maps).float().flatten(1)
-        return flat.amax(1) if self.reduction == "max" else flat.mean(1)
+        """Image scores ``(B,)`` of network-resolution maps ``(B, 1, H, W)`` (:func:`~medad_monai.scores.image_score`
+        with the network's reduction)."""
+        return image_score(torch.as_tensor(maps).float(), self.reduction)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary: name, version, model file and version, reduction, input, threshold (None if NaN)."""
@@ -166,21 +166,29 @@ class BundleModel:
         }
 
 
-def _find_reduction(parser: ConfigParser, metadata: dict[str, Any]) -> str:
-    """``reduction`` of the ``AnomalyScored`` transform in ``postprocessing`` (resolved if it is a reference)."""
+def _served_reduction(network: nn.Module, parser: ConfigParser, root: Path) -> str:
+    """The image-score reduction ``network`` states (:func:`~medad_monai.scores.score_reduction`).
+
+    A TorchScript file exported before networks stated theirs carries none; its embedded config then names it, as
+    the ``reduction`` of its ``AnomalyScored`` postprocessing transform (the only place it was written then).
+    """
+    if getattr(network, "score_reduction", None) is not None:
+        try:
+            return score_reduction(network)
+        except ValueError as e:
+            raise BundleLoadError(f"bundle '{root}': {e}") from e
     post = parser.get("postprocessing")
     transforms = post.get("transforms", []) if isinstance(post, dict) else (post if isinstance(post, list) else [])
+    prefix = "postprocessing#transforms" if isinstance(post, dict) else "postprocessing"
     for i, t in enumerate(transforms):
-        if isinstance(t, dict) and str(t.get("_target_", "")).endswith("AnomalyScored"):
-            if "reduction" not in t:
-                return "max"  # AnomalyScored's default
-            prefix = "postprocessing#transforms" if isinstance(post, dict) else "postprocessing"
+        if isinstance(t, dict) and str(t.get("_target_", "")).endswith("AnomalyScored") and "reduction" in t:
             value = parser.get_parsed_content(f"{prefix}#{i}#reduction")
-            if value not in REDUCTIONS:
-                raise BundleLoadError(f"AnomalyScored reduction {value!r} is not one of {REDUCTIONS}")
-            return str(value)
-    value = metadata.get("score_reduction", "max")
-    return value if value in REDUCTIONS else "max"
+            if value in SCORE_REDUCTIONS:
+                return str(value)
+    raise BundleLoadError(
+        f"bundle '{root}': its network states no image-score reduction and its config names none; re-export it "
+        "(python -m monai.bundle ckpt_export) with this version"
+    )
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -301,7 +309,6 @@ def load_bundle_model(
     if not isinstance(preprocessing, Compose):
         preprocessing = Compose(preprocessing)
     image_transforms = Compose([t for t in preprocessing.transforms if not _is_loader(t)])
-    reduction = _find_reduction(parser, metadata)
 
     inp = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
     channels = int(inp.get("num_channels", 1))
@@ -337,6 +344,7 @@ def load_bundle_model(
             if setup is True or (setup == "auto" and not holds_state):
                 _run_setup_handlers(parser, root)
     network.eval()
+    reduction = _served_reduction(network, parser, root)
     threshold = getattr(network, "threshold", None)
     if isinstance(threshold, torch.Tensor) and threshold.numel() == 1 and not torch.isfinite(threshold).item():
         logger.warning(

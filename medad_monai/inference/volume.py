@@ -1,8 +1,8 @@
 """Score a 2D image or a 3D volume with a 2D anomaly bundle, slice by slice, keeping the input's geometry.
 
 For each 2D slice along ``axis`` the bundle's own per-image transforms run (``BundleModel.image_transforms``: the
-config's channel policy, resize to the network size and intensity scaling), the network runs on batches of
-slices, each slice's score is the bundle's reduction (``AnomalyScored``: mean for DDAD, max for the others) of its
+config's channel policy, resize to the network size and intensity scaling), the network runs on batches of slices,
+each slice's score is its network's reduction (:mod:`medad_monai.scores`: mean for DDAD, max for the others) of its
 network-resolution map, exactly as the bundle's ``postprocessing`` computes it, and each map is brought back to the
 slice's size with MONAI's ``Invertd`` on the bundle's transforms (as the config's ``Invertd`` does). The slice maps
 are stacked into a map with exactly the input's spatial shape and affine.
@@ -39,6 +39,7 @@ from monai.transforms import Invertd, LoadImage
 
 from medad_monai.data.foreground import FOREGROUND_THRESHOLD, foreground
 from medad_monai.inference.bundle_model import BundleModel
+from medad_monai.scores import decision
 from medad_monai.transforms import INTENSITY_WINDOW_KEY, ImageReadError, IntensityPolicyd
 
 __all__ = [
@@ -204,10 +205,6 @@ def reduce_scores(slice_scores: list[float] | np.ndarray, reduction: str = "max"
         k = max(1, min(int(top_k), s.size))
         return float(np.sort(s)[-k:].mean())
     raise ValueError(f"volume reduction must be one of {VOLUME_REDUCTIONS}, got {reduction!r}")
-
-
-def _decision(score: float, threshold: float) -> int:
-    return int(score > threshold) if np.isfinite(threshold) else -1
 
 
 @torch.no_grad()
@@ -440,7 +437,7 @@ def score_volume(
         score=float(score),
         slice_scores=[float(s) for s in slice_scores],
         threshold=t,
-        decision=_decision(float(score), t),
+        decision=decision(float(score), t),
         affine=aff,
         source=source,
         pixel_threshold=pt,

@@ -150,6 +150,7 @@ class D24FAD(nn.Module):
         self.image_size = int(image_size)
         self.num_support = int(num_support)
         self.align_corners = bool(align_corners)
+        self.score_reduction = "max"  # the image score is the map's maximum (official test.py; medad_monai.scores)
         self.teacher = WideResNetTeacher(weights=teacher_weights, normalize=False)
         self.student = ReverseDistillationDecoder(in_channels=2048, num_blocks=(3, 4, 6), width_per_group=128)
         self.l2w = LearnToWeight(self.student.out_channels)
@@ -303,7 +304,7 @@ class D24FAD(nn.Module):
         """Anomaly map ``(B, 1, H, W)`` of ``image`` ``(B, 3, H, W)`` against the stored support set.
 
         ``map = Gaussian_sigma(sum_k up(1 - cos_c(S_k(image), prototype_k)))``; the image score is its max
-        (:func:`medad_monai.anomaly_maps.image_score`).
+        (:func:`medad_monai.scores.image_score`).
         """
         self._check_images(image, "image", 4)
         if not bool(self.has_support):

@@ -38,6 +38,7 @@ from torch import nn
 from medad_monai.networks.architecture import check_architecture, record_architecture
 from medad_monai.networks.autoencoders import AEEnsemble
 from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
+from medad_monai.scores import image_score
 
 __all__ = ["ASRNet", "DDAD", "MonotoneASRNet", "OUTPUT_MAPS", "REFINEMENTS", "REFINE_INPUTS"]
 
@@ -193,6 +194,7 @@ class DDAD(nn.Module):
         if refine_input not in REFINE_INPUTS:
             raise ValueError(f"refine_input must be one of {REFINE_INPUTS}, got {refine_input!r}")
         self.output_map, self.refinement, self.refine_input = output_map, refinement, refine_input
+        self.score_reduction = "mean"  # the image score is the map's mean (MedIA 2023 §3.4; medad_monai.scores)
         # Index into OUTPUT_MAPS of the map forward serves; "auto" starts at "refined" until set_served_map.
         start = "refined" if output_map == "auto" else output_map
         self.register_buffer("served_map", torch.tensor(OUTPUT_MAPS.index(start), dtype=torch.long))
@@ -285,7 +287,7 @@ class DDAD(nn.Module):
 
     def image_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Image score of every map: the mean over pixels (MedIA 2023 §3.4), each ``(B,)``."""
-        return {name: m.flatten(1).mean(1) for name, m in self.all_maps(x).items()}
+        return {name: image_score(m, self.score_reduction) for name, m in self.all_maps(x).items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly map ``(B, 1, H, W)``: the ``served_map`` (by default R_dual if the UDM was trained, else R_intra)."""

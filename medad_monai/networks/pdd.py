@@ -361,6 +361,7 @@ class PDD(nn.Module):
         self.plain_map = plain_map
         self.plain_map_start = self.diverse_levels if plain_map == "consistent" else 0
         self.align_corners = bool(align_corners)
+        self.score_reduction = "max"  # the image score is the map's maximum (official evaluation; medad_monai.scores)
         self.blur = GaussianBlur2d(sigma)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -44,9 +44,10 @@ def test_overrides_route_dataset_and_teacher_to_each_bundle_keys():
         "num_support": 4,
     }
     pdd = bundle_overrides(_config("pdd"), "demo:head_ct", teacher_weights="random")
-    assert pdd == {"seed": 0, "dataset_dir": "demo:head_ct", "wrn_weights": "random", "vmamba_weights": "random"}
-    # only the WideResNet is shared with the baselines: ImageNet there leaves PDD's VMamba setting alone
-    assert "vmamba_weights" not in bundle_overrides(_config("pdd"), teacher_weights="imagenet")
+    # one key for every bundle with a teacher: PDD's config sets both its teachers from it
+    assert pdd == {"seed": 0, "dataset_dir": "demo:head_ct", "teacher_weights": "random"}
+    config = _config("pdd")
+    assert config["wrn_weights"] == config["vmamba_weights"] == "@teacher_weights"
     assert bundle_overrides(_config("ddad"), "demo:brain_mr", teacher_weights="random") == {
         "seed": 0,
         "dataset_dir": "demo:brain_mr",

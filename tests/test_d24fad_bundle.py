@@ -23,6 +23,7 @@ from PIL import Image
 from medad_monai.cli import Commands
 from medad_monai.handlers.support import SupportSetLoader, select_support
 from medad_monai.networks import teachers
+from medad_monai.networks import weights as weights_module
 from medad_monai.networks.d24fad import D24FAD
 from medad_monai.transforms import ChannelPolicyd, LoadAnomalyImaged
 
@@ -213,11 +214,11 @@ def test_support_choice_is_deterministic_and_loo_calibration_without_spare_norma
 def test_auto_teacher_falls_back_to_random_with_a_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
-    def offline(url):
+    def offline(file, dest):
         raise OSError("offline")
 
-    monkeypatch.setattr(teachers, "_download_imagenet_state_dict", offline)
-    with caplog.at_level(logging.INFO, logger="medad_monai"):
+    monkeypatch.setattr(weights_module, "_download", offline)
+    with caplog.at_level(logging.INFO, logger="medad_monai"), pytest.warns(UserWarning, match="RANDOMLY"):
         state, description = teachers.load_wide_resnet50_2_state_dict("auto")
     assert state is None and description.startswith("random initialisation")
     warning = [r for r in caplog.records if r.levelno == logging.WARNING][0].getMessage()

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medad_monai.anomaly_maps import image_score
 from medad_monai.losses.d24fad import D24FADLoss
 from medad_monai.losses.distillation import (
     CosineDistillationLoss,
@@ -15,6 +14,7 @@ from medad_monai.losses.distillation import (
     pixelwise_cosine_distillation_loss,
 )
 from medad_monai.networks.d24fad import D24FAD, LearnToWeight, convert_official_checkpoint, l2w_weights
+from medad_monai.scores import image_score
 
 SIZE = 64
 K = 2

@@ -13,6 +13,7 @@ from medad_monai.losses.diversity import DiversityLoss, diversity_loss, hinge_de
 from medad_monai.losses.feature_regression import level_cosine, level_mse
 from medad_monai.losses.pdd import PDDLoss
 from medad_monai.networks import pdd as pdd_module
+from medad_monai.networks import weights as weights_module
 from medad_monai.networks.architecture import ArchitectureMismatchError
 from medad_monai.networks.pdd import PDD, ChannelAdapter, ManifoldPriorAffine, fuse, resolve_vmamba_weights
 
@@ -288,6 +289,11 @@ def test_vmamba_weights_resolution(tmp_path, monkeypatch):
     assert resolve_vmamba_weights("random") == (None, "random initialisation")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.delenv(pdd_module.VMAMBA_WEIGHTS_ENV, raising=False)
+
+    def offline(file, dest):
+        raise OSError("no network")
+
+    monkeypatch.setattr(weights_module, "_download", offline)
     with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
         path, description = resolve_vmamba_weights("auto")
     assert path is None and "random" in description
@@ -299,7 +305,7 @@ def test_vmamba_weights_resolution(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="MEDAD_VMAMBA_WEIGHTS"):
         resolve_vmamba_weights("auto")
     monkeypatch.delenv(pdd_module.VMAMBA_WEIGHTS_ENV)
-    cached = tmp_path / "hub" / "checkpoints" / pdd_module.VANILLA_VMAMBA_TINY_CHECKPOINT_NAME
+    cached = tmp_path / "hub" / "checkpoints" / weights_module.VANILLA_VMAMBA_TINY.filename
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"")
     assert resolve_vmamba_weights("auto")[0] == str(cached)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.models import wide_resnet50_2
 
-from medad_monai.networks import teachers
+from medad_monai.networks import weights as weights_module
 from medad_monai.networks.teachers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -85,12 +85,12 @@ def test_cached_imagenet_file_is_used_without_download(torchvision_state_dict_fi
     os.makedirs(os.path.dirname(cache))
     os.symlink(torchvision_state_dict_file, cache)
 
-    def no_download(url):
+    def no_download(file, dest):
         raise AssertionError("must not download when the file is cached")
 
-    monkeypatch.setattr(teachers, "_download_imagenet_state_dict", no_download)
+    monkeypatch.setattr(weights_module, "_download", no_download)
     teacher = WideResNetTeacher(weights="imagenet")
-    assert teacher.weights_description.startswith("ImageNet")
+    assert teacher.weights_description.startswith("WideResNet50-2 (torchvision IMAGENET1K_V1)")
     reference = torch.load(torchvision_state_dict_file, weights_only=True)
     assert torch.equal(teacher.conv1.weight, reference["conv1.weight"])
 
@@ -98,18 +98,18 @@ def test_cached_imagenet_file_is_used_without_download(torchvision_state_dict_fi
 def test_offline_imagenet_error_message(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
-    def offline(url):
+    def offline(file, dest):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(teachers, "_download_imagenet_state_dict", offline)
+    monkeypatch.setattr(weights_module, "_download", offline)
     with pytest.raises(RuntimeError) as info:
         WideResNetTeacher(weights="imagenet")
     msg = str(info.value)
     expected_path = os.path.join(str(tmp_path), "hub", "checkpoints", WRN50_2_IMAGENET_FILENAME)
-    assert "could not download" in msg.lower()
+    assert "could not be downloaded" in msg.lower()
     assert expected_path in msg
     assert WRN50_2_IMAGENET_FILENAME in msg
-    assert "'random'" in msg and "local" in msg
+    assert "'random'" in msg and "MEDAD_WRN50_2_WEIGHTS" in msg and "teacher_weights" in msg
     assert isinstance(info.value.__cause__, urllib.error.URLError)
 
 

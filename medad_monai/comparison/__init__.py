@@ -1,4 +1,5 @@
-"""Compare a bundle with anomalib's reverse distillation and PatchCore on the same data and machine (DESIGN §5).
+"""Compare a bundle with anomalib's reverse distillation and PatchCore on the same data and machine
+(docs/comparison.md).
 
 - :mod:`~medad_monai.comparison.data`: the bundle's training/calibration/test data, read from its config;
 - :mod:`~medad_monai.comparison.baselines`: anomalib's torch models, fitted with anomalib's recipe;

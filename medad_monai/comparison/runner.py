@@ -1,5 +1,5 @@
 """One command that compares a bundle with anomalib's reverse distillation and PatchCore on the same data and
-machine (DESIGN §5): ``medad-monai compare-anomalib --bundle pdd --out runs/compare-pdd``.
+machine (docs/comparison.md): ``medad-monai compare-anomalib --bundle pdd --out runs/compare-pdd``.
 
 Each method runs in its own process (``python -m medad_monai.comparison``, see
 :mod:`~medad_monai.comparison.worker`), one after the other, on the bundle's data
@@ -52,7 +52,6 @@ logger = logging.getLogger("medad_monai")
 
 DEFAULT_METHODS: tuple[str, ...] = (BUNDLE, *BASELINES)
 BUNDLE_NAMES: tuple[str, ...] = ("ddad", "d24fad", "pdd")
-_TEACHER_KEYS: tuple[str, ...] = ("teacher_weights", "wrn_weights")
 REPORT_FILES: tuple[str, ...] = ("results.md", "results.csv", "results.json", "roc.png", "score_histograms.png")
 
 
@@ -79,8 +78,8 @@ def bundle_overrides(
 ) -> dict[str, Any]:
     """The bundle config overrides of a comparison. ``dataset`` is the few-shot bundle's ``target`` (its support
     and test data) or the one-class bundle's ``dataset_dir``; ``teacher_weights`` goes to the bundle's
-    WideResNet50-2 teacher key (``teacher_weights`` or ``wrn_weights``; ``"random"`` also makes PDD's VMamba
-    random, since only the WideResNet is shared with the baselines)."""
+    ``teacher_weights`` key (every teacher of the bundle: PDD's WideResNet50-2 and VMamba alike; a bundle without
+    a teacher, DDAD, has none)."""
     out: dict[str, Any] = {"seed": int(seed)}
     if dataset is not None:
         out["target" if "target" in config else "dataset_dir"] = dataset
@@ -88,12 +87,8 @@ def bundle_overrides(
         out["image_size"] = int(image_size)
     if epochs is not None:
         out["epochs"] = int(epochs)
-    if teacher_weights is not None:
-        for key in _TEACHER_KEYS:
-            if key in config:
-                out[key] = teacher_weights
-        if teacher_weights == "random" and "vmamba_weights" in config:
-            out["vmamba_weights"] = "random"
+    if teacher_weights is not None and "teacher_weights" in config:  # every bundle with a teacher has the key
+        out["teacher_weights"] = teacher_weights
     out.update(extra or {})
     return out
 

@@ -1,6 +1,6 @@
 """Datalists for anomaly detection: the folder layout and JSON datalists, with errors that name the path.
 
-Folder layout (MVTec-style, as DESIGN §2)::
+Folder layout (MVTec-style; the user guide's "Data layout and formats")::
 
     <root>/train/good/            known normals (required for training)
     <root>/train/unlabeled/       optional unlabeled pool (DDAD's UDM)

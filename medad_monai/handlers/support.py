@@ -4,8 +4,8 @@
 calls ``network.set_support(...)``: the support student features and learn-to-weight keys become buffers of the
 network, so ``network(image)`` alone returns the anomaly map and ``model.pt``/TorchScript carry the support.
 
-It also calibrates the decision threshold without test labels (DESIGN §2): the target has only K normals at
-adaptation time, so the options are
+It also calibrates the decision threshold without test labels (docs/architecture.md, Contracts): the target has
+only K normals at adaptation time, so the options are
 
 * ``"holdout"``: score up to ``num_calibration`` further normals of the target's ``train/good`` that are not in
   the support set (when the target has more than K normals); falls back to ``"loo"`` when there are none;

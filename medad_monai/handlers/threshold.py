@@ -33,7 +33,8 @@ class ThresholdCalibrator:
 
     Args:
         network: model with a scalar ``threshold`` buffer (and optionally ``body_fraction``).
-        quantile: high quantile of normal scores (DESIGN §2: no abnormal validation images exist).
+        quantile: high quantile of normal scores (thresholds come from validation normals only: no abnormal
+            validation images exist).
         score_key: key of the image score in the decollated evaluator output.
         image_key: key of the input images in the evaluator's batch.
     """

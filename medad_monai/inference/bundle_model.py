@@ -4,7 +4,8 @@ A served bundle is the bundle's own ``network_def`` with its weights (``models/m
 ``models/model.ts`` that ``ckpt_export`` writes), the bundle's own per-image preprocessing (parsed from
 ``configs/inference.json`` with MONAI's ``ConfigParser``), the image-score reduction its network states
 (:mod:`medad_monai.scores`), the network input size and channels from ``configs/metadata.json`` and the calibrated
-threshold stored in the network's ``threshold`` buffer (DESIGN §2: everything inference needs is in the network).
+threshold stored in the network's ``threshold`` buffer (docs/architecture.md, Contracts: everything inference
+needs is in the network).
 """
 
 from __future__ import annotations

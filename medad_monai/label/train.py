@@ -7,7 +7,7 @@ validation. :class:`AnomalyTrainTask` keeps everything else it does (``run`` id,
 is (:mod:`medad_monai.label.datastore`):
 
 * ``train#dataset#data`` / ``validate#dataset#data``: the studies reviewed *normal*, split by ``val_split``; the
-  validation normals calibrate the stored threshold (DESIGN §2), so it needs at least one;
+  validation normals calibrate the stored threshold (docs/architecture.md, Contracts), so it needs at least one;
 * DDAD (a config with ``train#udm_dataset``): its unlabeled pool is every study not yet reviewed, so the UDM
   ensemble sees normals plus the unlabeled pool, as the method intends; the bundle's ``pool_holdout`` fraction of
   that pool is held out (``train#pool_holdout_dataset``) for the label-free choice of the served map;

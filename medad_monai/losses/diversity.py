@@ -1,5 +1,5 @@
 """Diversity loss between two students (PDD: Lu et al., "Manifold-Prior Diverse Distillation for Medical Anomaly
-Detection", CVPR 2026; loss between Student 1 and Student 2, DESIGN §4).
+Detection", CVPR 2026; loss between Student 1 and Student 2).
 
 The two students' features at level ``k`` are compared with the cosine similarity over channels at every pixel.
 Shallow levels are pushed apart, deep levels are kept related, both through hinges:

@@ -139,9 +139,10 @@ def build_refinement_net(kind: str, in_channels: int, mid_channels: int = 128) -
 class DDAD(nn.Module):
     """The whole DDAD-ASR model: NDM and UDM ensembles, both ASR-Nets, and the calibrated threshold.
 
-    ``forward(image)`` is the bundle's ``network_def`` contract (DESIGN §2): image ``(B, 1, H, W)`` in [-1, 1] to
-    the anomaly probability map ``(B, 1, H, W)`` of R_dual when a UDM was trained (``has_udm``), else R_intra.
-    Everything inference needs is a parameter or buffer, so ``model.pt`` and TorchScript carry it.
+    ``forward(image)`` is the bundle's ``network_def`` contract (docs/architecture.md, Contracts): image
+    ``(B, 1, H, W)`` in [-1, 1] to the anomaly probability map ``(B, 1, H, W)`` of R_dual when a UDM was trained
+    (``has_udm``), else R_intra. Everything inference needs is a parameter or buffer, so ``model.pt`` and
+    TorchScript carry it.
 
     Args:
         backbone: ``"ae"``, ``"ae-u"`` (default, the paper's best) or ``"memae"``.

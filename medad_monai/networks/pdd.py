@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -52,12 +51,11 @@ from medad_monai.networks.body_extent import fill_missing_body_extent, register_
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import IMAGENET_MEAN, IMAGENET_STD, WideResNetTeacher
 from medad_monai.networks.vmamba import (
-    VANILLA_VMAMBA_TINY_CHECKPOINT_NAME,
-    VMAMBA_TINY_CHECKPOINT_NAME,
     VSSM,
     vanilla_vmamba_tiny,
     vmamba_tiny,
 )
+from medad_monai.networks.weights import VANILLA_VMAMBA_TINY, VMAMBA_TINY, resolve_weights
 
 __all__ = [
     "PDD",
@@ -74,7 +72,7 @@ __all__ = [
 
 logger = logging.getLogger("medad_monai")
 
-VMAMBA_WEIGHTS_ENV = "MEDAD_VMAMBA_WEIGHTS"
+VMAMBA_WEIGHTS_ENV = VANILLA_VMAMBA_TINY.env  # MEDAD_VMAMBA_WEIGHTS: a local copy of the VMamba checkpoint
 RESNET_CHANNELS: tuple[int, int, int, int] = (256, 512, 1024, 2048)
 # VMamba-Tiny stage outputs after downsampling (official feature_list): dims[1], dims[2], dims[3], dims[3]
 MAMBA_CHANNELS: tuple[int, int, int, int] = (192, 384, 768, 768)
@@ -83,54 +81,19 @@ PLAIN_MAPS = ("all", "consistent")
 _NUM_LEVELS = 3
 
 
-def _loud_warning(message: str) -> None:
-    """Log and ``warnings.warn`` a message framed so that it stands out in a training log."""
-    banner = "!" * 100
-    logger.warning("\n%s\n%s\n%s", banner, message, banner)
-    warnings.warn(message, UserWarning, stacklevel=3)
-
-
-# ----------------------------------------------------------------------------------------------------- teachers
 def resolve_vmamba_weights(
-    weights: str | os.PathLike[str] | None, filename: str = VANILLA_VMAMBA_TINY_CHECKPOINT_NAME
+    weights: str | os.PathLike[str] | None, kind: str = "vanilla_tiny"
 ) -> tuple[str | None, str]:
-    """Resolve a VMamba-Tiny ``weights`` spec to a checkpoint path (or ``None`` for random initialisation).
-
-    Args:
-        weights: ``"auto"``: the path in ``$MEDAD_VMAMBA_WEIGHTS`` if set (it must exist), else
-            ``<torch hub dir>/checkpoints/<filename>`` if present, else random initialisation with a loud warning
-            (nothing is downloaded). ``"random"``/``None``: random initialisation. Anything else: the path of an
-            official checkpoint file.
-        filename: the official checkpoint's file name looked for in the torch hub cache.
-
-    Returns:
-        ``(path or None, human-readable description)``.
-    """
-    if weights is None or weights == "random":
-        return None, "random initialisation"
-    if weights == "auto":
-        env = os.environ.get(VMAMBA_WEIGHTS_ENV)
-        if env:
-            path = os.path.expanduser(env)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"${VMAMBA_WEIGHTS_ENV} is set to '{env}', which is not a file")
-            return path, f"local file {path} (${VMAMBA_WEIGHTS_ENV})"
-        cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-        if os.path.isfile(cached):
-            return cached, f"ImageNet-1k ({cached})"
-        _loud_warning(
-            "PDD: no VMamba-Tiny checkpoint found (set $MEDAD_VMAMBA_WEIGHTS or the config's vmamba_weights to "
-            f"{filename}, or place it at {cached}). The VMamba teacher is RANDOMLY INITIALISED: "
-            "results will be far below the paper's."
-        )
-        return None, "random initialisation (no checkpoint found)"
-    path = os.path.expanduser(os.fspath(weights))
-    return path, f"local file {path}"
+    """The checkpoint of VMamba teacher ``kind`` for a ``weights`` spec (the one rule of
+    :func:`~medad_monai.networks.weights.resolve_weights`; ``$MEDAD_VMAMBA_WEIGHTS`` names a local copy)."""
+    if kind not in VMAMBA_TEACHERS:
+        raise ValueError(f"PDD: vmamba must be one of {VMAMBA_TEACHERS}, got {kind!r}")
+    return resolve_weights(weights, _VMAMBA_FILES[kind])
 
 
 VMAMBA_TEACHERS = ("vanilla_tiny", "vssm1_tiny")
 _VMAMBA_BUILDERS = {"vanilla_tiny": vanilla_vmamba_tiny, "vssm1_tiny": vmamba_tiny}
-_VMAMBA_FILES = {"vanilla_tiny": VANILLA_VMAMBA_TINY_CHECKPOINT_NAME, "vssm1_tiny": VMAMBA_TINY_CHECKPOINT_NAME}
+_VMAMBA_FILES = {"vanilla_tiny": VANILLA_VMAMBA_TINY, "vssm1_tiny": VMAMBA_TINY}
 
 
 def build_vmamba_teacher(
@@ -144,7 +107,7 @@ def build_vmamba_teacher(
     """
     if kind not in VMAMBA_TEACHERS:
         raise ValueError(f"PDD: vmamba must be one of {VMAMBA_TEACHERS}, got {kind!r}")
-    path, description = resolve_vmamba_weights(weights, _VMAMBA_FILES[kind])
+    path, description = resolve_vmamba_weights(weights, kind)
     kwargs = {} if chunk_size is None else {"chunk_size": int(chunk_size)}
     model = _VMAMBA_BUILDERS[kind](weights=path, out_mode="after_downsample", **kwargs)
     model.requires_grad_(False)
@@ -275,10 +238,10 @@ class PDD(nn.Module):
     Args:
         image_size: input side the bundle resizes to (paper: 256; a multiple of 32). Stored for export and
             benchmarks; the network itself is fully convolutional.
-        wrn_weights: WideResNet50-2 teacher weights: ``"auto"`` (ImageNet from the torch hub cache, else random with
-            a loud warning), ``"imagenet"``, ``"random"`` or a ``.pth`` path.
-        vmamba_weights: VMamba-Tiny weights: ``"auto"`` (``$MEDAD_VMAMBA_WEIGHTS``, the torch hub cache, else random
-            with a loud warning), ``"random"`` or the path of an official checkpoint.
+        wrn_weights, vmamba_weights: each teacher's weights, by the one rule of :mod:`medad_monai.networks.weights`:
+            ``"auto"`` (a local copy, the torch hub cache or the official download, else random with a loud
+            warning), ``"pretrained"``/``"imagenet"``, ``"random"`` or a path (the bundles set both from
+            ``teacher_weights``).
         vmamba: the VMamba teacher, ``"vanilla_tiny"`` (official) or ``"vssm1_tiny"`` (:func:`build_vmamba_teacher`).
         decoder_blocks: RD decoder blocks per stage, deepest first (official PDD: ``(2, 2, 2)``).
         decoder_width: RD decoder ``width_per_group`` (128 = wide).

@@ -9,11 +9,12 @@ code's ``model_urls['wide_resnet50_2']``).
 
 import logging
 import os
-import urllib.request
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import Wide_ResNet50_2_Weights, wide_resnet50_2
+from torchvision.models import wide_resnet50_2
+
+from medad_monai.networks.weights import WRN50_2_IMAGENET, cache_path, resolve_weights
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -29,25 +30,13 @@ logger = logging.getLogger("medad_monai")
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-WRN50_2_IMAGENET_URL: str = Wide_ResNet50_2_Weights.IMAGENET1K_V1.url
-WRN50_2_IMAGENET_FILENAME: str = os.path.basename(WRN50_2_IMAGENET_URL)  # wide_resnet50_2-95faca4d.pth
-
-# A HEAD request with this timeout runs before the download so that a firewalled machine (packets dropped, no
-# DNS error) fails in seconds instead of hanging in urllib's untimed urlopen.
-_PROBE_TIMEOUT_S = 10.0
+WRN50_2_IMAGENET_URL: str = WRN50_2_IMAGENET.url
+WRN50_2_IMAGENET_FILENAME: str = WRN50_2_IMAGENET.filename  # wide_resnet50_2-95faca4d.pth
 
 
 def imagenet_weights_cache_path() -> str:
     """Where torch hub keeps (and looks for) ``wide_resnet50_2-95faca4d.pth``: ``torch.hub.get_dir()/checkpoints``."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", WRN50_2_IMAGENET_FILENAME)
-
-
-def _download_imagenet_state_dict(url: str) -> dict[str, Tensor]:
-    """Download (into the torch hub cache) and load the ImageNet weights; network errors propagate as OSError."""
-    urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=_PROBE_TIMEOUT_S).close()
-    return torch.hub.load_state_dict_from_url(
-        url, progress=True, check_hash=True, map_location="cpu", weights_only=True
-    )
+    return cache_path(WRN50_2_IMAGENET)
 
 
 def _unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
@@ -62,67 +51,17 @@ def _unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def _auto_imagenet_or_random() -> tuple[dict[str, Tensor] | None, str]:
-    """``"auto"``: ImageNet weights when cached or downloadable (probe of a few seconds), else random init.
-
-    The fallback logs a WARNING that the results are not comparable to the paper (Dong et al., ICLR 2026, and the
-    official ``main.py`` use ``wide_resnet50_2(pretrained=True)``) and says how to provide the weights. Pretrained
-    weights are never faked: the fallback is torchvision's random initialisation and is reported as such.
-    """
-    try:
-        state_dict, description = load_wide_resnet50_2_state_dict("imagenet")
-    except RuntimeError as err:
-        logger.warning(
-            "WideResNet50-2 teacher: ImageNet weights unavailable (%s). FALLING BACK TO A RANDOMLY INITIALISED "
-            "TEACHER: results are NOT comparable to the paper's. To use the ImageNet teacher, place '%s' at '%s' "
-            "(the torch hub cache, $TORCH_HOME) or set teacher_weights to a local .pth path.",
-            str(err).split(". Place")[0],
-            WRN50_2_IMAGENET_FILENAME,
-            imagenet_weights_cache_path(),
-        )
-        return None, "random initialisation (teacher_weights='auto': ImageNet weights unavailable)"
-    return state_dict, f"{description} (teacher_weights='auto')"
-
-
-def load_wide_resnet50_2_state_dict(weights: str | None) -> tuple[dict[str, Tensor] | None, str]:
-    """Resolve a ``weights`` spec to a state dict.
-
-    Args:
-        weights: ``"imagenet"`` (torchvision IMAGENET1K_V1 through the torch hub cache), ``"auto"`` (ImageNet if
-            cached or downloadable, else random initialisation with a WARNING), a path to a local ``.pth`` state
-            dict, or ``"random"``/``None`` (torchvision's random initialisation).
+def load_wide_resnet50_2_state_dict(weights: str | os.PathLike[str] | None) -> tuple[dict[str, Tensor] | None, str]:
+    """Resolve a ``weights`` spec (:func:`~medad_monai.networks.weights.resolve_weights`: ``"auto"``,
+    ``"pretrained"``/``"imagenet"``, ``"random"``/``None`` or a path) and read the state dict.
 
     Returns:
-        ``(state_dict or None, human-readable description)``.
-
-    Raises:
-        RuntimeError: ImageNet weights are neither cached nor downloadable (message gives the cache path).
-        FileNotFoundError: a local path that does not exist.
+        ``(state_dict or None for random initialisation, human-readable description)``.
     """
-    if weights is None or weights == "random":
-        return None, "random initialisation"
-    if weights == "auto":
-        return _auto_imagenet_or_random()
-    if weights == "imagenet":
-        cache_path = imagenet_weights_cache_path()
-        if os.path.isfile(cache_path):
-            return torch.load(cache_path, map_location="cpu", weights_only=True), f"ImageNet ({cache_path})"
-        try:
-            state_dict = _download_imagenet_state_dict(WRN50_2_IMAGENET_URL)
-        except OSError as err:  # urllib.error.URLError/HTTPError and socket timeouts are OSErrors
-            raise RuntimeError(
-                f"Could not download the ImageNet WideResNet50-2 teacher weights from {WRN50_2_IMAGENET_URL} "
-                f"({err}). Place the file '{WRN50_2_IMAGENET_FILENAME}' at '{cache_path}' (the torch hub cache, "
-                "controlled by $TORCH_HOME), or pass teacher weights as a local .pth path, or 'random' for a "
-                "randomly initialised teacher."
-            ) from err
-        return state_dict, f"ImageNet (downloaded to {cache_path})"
-    path = os.path.expanduser(str(weights))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Teacher weights file not found: '{path}'. Expected 'imagenet', 'random' or the path of a .pth state dict."
-        )
-    return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path), f"local file {path}"
+    path, description = resolve_weights(weights, WRN50_2_IMAGENET)
+    if path is None:
+        return None, description
+    return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path), description
 
 
 class WideResNetTeacher(nn.Module):
@@ -133,8 +72,8 @@ class WideResNetTeacher(nn.Module):
     when a parent calls ``.train()``, as the official RD/D²4FAD code keeps ``encoder.eval()`` during training.
 
     Args:
-        weights: ``"imagenet"``, ``"auto"``, a local ``.pth`` path, or ``"random"``/``None``; see
-            :func:`load_wide_resnet50_2_state_dict`.
+        weights: ``"auto"``, ``"pretrained"``/``"imagenet"``, a local ``.pth`` path, or ``"random"``/``None``; see
+            :mod:`medad_monai.networks.weights`.
         normalize: apply ImageNet mean/std normalisation to inputs in ``[0, 1]`` inside the module. D²4FAD feeds
             ``[0, 1]`` images without normalisation (its ``transforms.Normalize`` is commented out), PDD uses it.
         num_layers: how many stages ``forward`` computes and returns (4: D²4FAD feeds ``layer4`` to its student; 3:

@@ -53,7 +53,7 @@ class Commands:
         """
         import logging
 
-        from medad_monai.engines.d24fad_grid import parse_list, run_grid
+        from medad_monai.comparison.d24fad_grid import parse_list, run_grid
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
 
@@ -112,7 +112,7 @@ class Commands:
         import logging
 
         from medad_monai.comparison import compare_with_anomalib
-        from medad_monai.engines.d24fad_grid import parse_list
+        from medad_monai.comparison.d24fad_grid import parse_list
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
         if dataset in DEMO_DOMAINS:

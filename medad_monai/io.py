@@ -1,4 +1,5 @@
-"""Atomic file writes, so an interrupted run never leaves a truncated checkpoint, table or picture."""
+"""Files: atomic writes, so an interrupted run never leaves a truncated checkpoint, table or picture, and the image
+file names every layer derives its output names from (:func:`file_stem`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from typing import Any
 import torch
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "atomic_path",
     "atomic_torch_save",
     "atomic_write_json",
     "atomic_write_text",
+    "file_stem",
     "remove_stale_temporaries",
     "umask",
 ]
@@ -88,3 +91,16 @@ def atomic_savefig(save: Callable[[Path], None], path: str | os.PathLike) -> Pat
     with atomic_path(path) as tmp:
         save(tmp)
     return Path(path)
+
+
+# image file extensions the readers take (``.nii.gz`` is one extension)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd")
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """File name without its image extension (``a.nii.gz`` -> ``a``)."""
+    name = Path(path).name
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(path).stem

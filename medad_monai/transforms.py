@@ -24,8 +24,7 @@ from monai.transforms import LoadImaged, MapTransform, RandomizableTransform
 from PIL import Image
 from torch import nn
 
-from medad_monai.data.datalists import file_stem
-from medad_monai.io import atomic_path
+from medad_monai.io import atomic_path, file_stem
 from medad_monai.scores import decision, image_score, score_reduction
 
 __all__ = [
@@ -40,7 +39,7 @@ __all__ = [
     "RandPatchBlendAnomalyd",
     "SaveAnomalyMapd",
     "ThresholdDecisiond",
-    "source_name",
+    "image_source",
     "storage_range",
 ]
 
@@ -52,7 +51,7 @@ class ImageReadError(RuntimeError):
     """An input image could not be read or does not fit the pipeline; the message names the file."""
 
 
-def source_name(value: Any) -> str:
+def image_source(value: Any) -> str:
     """The file an image came from, as far as its metadata knows."""
     if isinstance(value, MetaTensor):
         return str(value.meta.get("filename_or_obj", "<in-memory image>"))
@@ -145,7 +144,7 @@ class ChannelPolicyd(MapTransform):
             if c == 4:  # RGBA: alpha is not image content
                 img, c = img[:3], 3
             if c not in (1, 3):
-                raise ImageReadError(f"{key} '{source_name(img)}' has {c} channels; expected grayscale or RGB")
+                raise ImageReadError(f"{key} '{image_source(img)}' has {c} channels; expected grayscale or RGB")
             if self.channels == 1 and c == 3:
                 w = torch.as_tensor(_LUMA, dtype=img.dtype, device=img.device).view(3, *([1] * (img.ndim - 1)))
                 img = (img * w).sum(0, keepdim=True)
@@ -263,7 +262,7 @@ class IntensityPolicyd(MapTransform):
         if given is not None:
             return float(given[0]), float(given[1]), bool(given[2])
         if self.policy == "auto":
-            stored = storage_range(source_name(img)) if isinstance(img, MetaTensor) else None
+            stored = storage_range(image_source(img)) if isinstance(img, MetaTensor) else None
             if stored is not None:
                 return (*stored, True)
         flat = torch.as_tensor(img).detach().float().flatten()
@@ -310,8 +309,8 @@ class CheckMaskSized(MapTransform):
         img, mask = d[self.image_key], d[self.mask_key]
         if tuple(img.shape[1:]) != tuple(mask.shape[1:]):
             raise ImageReadError(
-                f"mask '{source_name(mask)}' has size {tuple(mask.shape[1:])} but its image "
-                f"'{source_name(img)}' has size {tuple(img.shape[1:])}"
+                f"mask '{image_source(mask)}' has size {tuple(mask.shape[1:])} but its image "
+                f"'{image_source(img)}' has size {tuple(img.shape[1:])}"
             )
         d[self.mask_key] = (mask.amax(0, keepdim=True) > 0).to(torch.float32)
         return d
@@ -485,7 +484,7 @@ class SaveAnomalyMapd(MapTransform):
             arr = torch.as_tensor(m).detach().cpu().float().numpy()
             arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
             affine = np.asarray(m.affine if isinstance(m, MetaTensor) else np.eye(4), dtype=np.float64)
-            name = self.output_name(source_name(d.get(self.image_key, m)))
+            name = self.output_name(image_source(d.get(self.image_key, m)))
             nifti = nib.Nifti1Image(arr.astype(np.float32), affine)
             with atomic_path(os.path.join(self.staging_dir or self.output_dir, name)) as tmp:
                 tmp.write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=6))

@@ -12,7 +12,7 @@ import numpy as np
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from medad_monai.data.datalists import file_stem
+from medad_monai.io import file_stem
 
 SCHEMA = Path(__file__).resolve().parent / "fixtures" / "meta_schema_20240725.json"
 

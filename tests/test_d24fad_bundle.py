@@ -21,7 +21,8 @@ from monai.transforms import Compose, ScaleIntensityd
 from PIL import Image
 
 from medad_monai.cli import Commands
-from medad_monai.handlers.support import SupportSetLoader, select_support
+from medad_monai.data.support import select_support
+from medad_monai.handlers.support import SupportSetLoader
 from medad_monai.networks import teachers
 from medad_monai.networks import weights as weights_module
 from medad_monai.networks.d24fad import D24FAD

@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from monai.engines import SupervisedTrainer
 from torch import nn
 
-from medad_monai.engines.distributed import distributed_handlers, init_distributed, is_rank_zero, world_size
-from medad_monai.handlers.distributed import GradientAllReduce
+from medad_monai.distributed import init_distributed, is_rank_zero, world_size
+from medad_monai.handlers.distributed import GradientAllReduce, distributed_handlers
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, LR = 3, 4, 0.1

@@ -13,7 +13,7 @@ from monai.transforms import Compose, Resized, ScaleIntensityd
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from medad_monai.data.episodes import EpisodeDataset, source_name
+from medad_monai.data.episodes import EpisodeDataset, dataset_name
 from medad_monai.engines.steps import PrepareBatchKeys
 from medad_monai.transforms import ChannelPolicyd, LoadAnomalyImaged
 
@@ -96,6 +96,6 @@ def test_too_small_source_is_named(tmp_path):
         EpisodeDataset([str(small)], _transform(), num_support=2)
 
 
-def test_source_names():
-    assert source_name("demo:head_ct") == "head_ct"
-    assert source_name("/data/RSNA/") == "RSNA"
+def test_dataset_names():
+    assert dataset_name("demo:head_ct") == "head_ct"
+    assert dataset_name("/data/RSNA/") == "RSNA"

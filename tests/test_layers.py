@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medad_monai"
 
 # bottom to top; a module may import from its own layer and the layers below it
 LAYERS: list[set[str]] = [
-    {"errors", "io", "rng", "provenance", "scores", "options", "bundle", "benchmarking"},
+    {"errors", "io", "rng", "provenance", "scores", "options", "bundle", "benchmarking", "distributed"},
     {"networks", "losses", "anomaly_maps"},
     {"data", "transforms", "metrics", "visualize"},
     {"handlers", "engines"},

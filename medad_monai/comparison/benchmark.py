@@ -41,6 +41,7 @@ from medad_monai.comparison.benchmark_report import (
     write_benchmark_report,
 )
 from medad_monai.comparison.cache import baseline_key, baseline_key_material
+from medad_monai.comparison.d24fad_grid import parse_list
 from medad_monai.comparison.runner import (
     BUNDLE_NAMES,
     DEFAULT_METHODS,
@@ -52,7 +53,6 @@ from medad_monai.comparison.runner import (
 )
 from medad_monai.comparison.worker import BUNDLE
 from medad_monai.data.demo import DEMO_DOMAINS
-from medad_monai.engines.d24fad_grid import parse_list
 from medad_monai.io import atomic_write_json
 
 __all__ = ["BenchmarkCell", "cell_spec", "leave_one_out_sources", "run_benchmark"]

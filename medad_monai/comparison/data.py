@@ -4,7 +4,7 @@ One-class bundles (DDAD, PDD) learn from the ``data`` datalist's ``train`` split
 its ``val`` normals. A few-shot bundle (D²4FAD: its config has a ``support_loader``) trains on other datasets and
 sees only K normals of the target: the baselines then learn from the same K support images (as the paper's
 few-shot baselines do) and calibrate on the same held-out target normals
-(:func:`~medad_monai.handlers.support.calibration_holdout`). Every method is tested on ``data.test``.
+(:func:`~medad_monai.data.support.calibration_holdout`). Every method is tested on ``data.test``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureTyped, Resized
 
-from medad_monai.handlers.support import calibration_holdout, select_support, support_datalist
+from medad_monai.data.support import calibration_holdout, select_support, support_datalist
 from medad_monai.transforms import ChannelPolicyd, IntensityPolicyd, LoadAnomalyImaged
 
 __all__ = [

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from medad_monai.data.demo import resolve_dataset_dir
+from medad_monai.io import IMAGE_EXTENSIONS, file_stem
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "AnomalyDatalist",
-    "file_stem",
     "folder_datalist",
     "image_files",
     "input_datalist",
@@ -38,7 +37,6 @@ __all__ = [
     "split_validation",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd")
 UNKNOWN_LABEL = -1
 
 
@@ -77,15 +75,6 @@ def image_files(folder: str | os.PathLike, required: bool = True) -> list[Path]:
     if required and not files:
         raise ValueError(f"{folder}: folder is empty: no image files with extensions {', '.join(IMAGE_EXTENSIONS)}")
     return files
-
-
-def file_stem(path: str | os.PathLike) -> str:
-    """File name without its image extension (``a.nii.gz`` -> ``a``)."""
-    name = Path(path).name
-    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(path).stem
 
 
 def _find_mask(mask_dir: Path, image: Path) -> Path | None:

@@ -12,8 +12,8 @@ which ``PrepareBatchKeys(["query", "support"])`` and ``MethodInferer("episode_ou
 
 Supports are either drawn once for the whole run (``resample=False``, the official behaviour: the official dataset
 draws each query's supports when it is built) or redrawn every epoch (``resample=True``; attach the dataset to the
-trainer through :class:`EpisodeResampler` so that it learns the epoch number). Both are deterministic given ``seed``.
-"""
+trainer through :class:`~medad_monai.handlers.episodes.EpisodeResampler` so that it learns the epoch number). Both
+are deterministic given ``seed``."""
 
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ from torch.utils.data import Dataset
 
 from medad_monai.data.datalists import folder_datalist
 
-__all__ = ["EpisodeDataset", "EpisodeResampler", "source_name"]
+__all__ = ["EpisodeDataset", "dataset_name"]
 
 logger = logging.getLogger("medad_monai")
 
 
-def source_name(source: str | os.PathLike) -> str:
+def dataset_name(source: str | os.PathLike) -> str:
     """A short name of a source dataset: ``demo:head_ct`` -> ``head_ct``, ``/data/RSNA/`` -> ``RSNA``."""
     text = str(source).rstrip("/\\")
     if text.startswith("demo:"):
@@ -80,7 +80,7 @@ class EpisodeDataset(Dataset):
         if num_support < 1:
             raise ValueError(f"EpisodeDataset: num_support must be >= 1, got {num_support}")
         self.sources = [str(s) for s in sources]
-        self.names = [source_name(s) for s in self.sources]
+        self.names = [dataset_name(s) for s in self.sources]
         self.num_support = int(num_support)
         self.resample = bool(resample)
         self.seed = int(seed)
@@ -147,14 +147,3 @@ class EpisodeDataset(Dataset):
             "query_index": index,
             "support_index": torch.as_tensor(support_idx),
         }
-
-
-class EpisodeResampler:
-    """Trainer handler: tell an :class:`EpisodeDataset` the epoch at every ``EPOCH_STARTED`` (redraws supports when
-    the dataset has ``resample=True``; harmless otherwise)."""
-
-    def __init__(self, dataset: EpisodeDataset) -> None:
-        self.dataset = dataset
-
-    def attach(self, engine: Engine) -> None:
-        self.dataset.attach(engine)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medad_monai.data.datalists import file_stem
+from medad_monai.io import file_stem
 
 __all__ = ["NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "NoStudyError", "Study", "StrayFile", "discover_studies"]
 

@@ -33,7 +33,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from medad_monai.engines.distributed import is_rank_zero
+from medad_monai.distributed import is_rank_zero
 from medad_monai.io import atomic_torch_save, atomic_write_json, remove_stale_temporaries
 from medad_monai.metrics.refinement_checks import is_non_decreasing, pixel_separation, probe_response
 from medad_monai.metrics.score_selection import pool_separation, select_score

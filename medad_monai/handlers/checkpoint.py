@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from torch import nn
 
-from medad_monai.engines.distributed import is_rank_zero
+from medad_monai.distributed import is_rank_zero
 from medad_monai.io import atomic_torch_save, remove_stale_temporaries
 
 __all__ = ["AtomicModelSaver", "CheckpointLoader", "CheckpointReadError"]

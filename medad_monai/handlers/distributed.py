@@ -1,7 +1,11 @@
 """Data-parallel gradient averaging for MONAI trainers of method-based networks (see
-:mod:`medad_monai.engines.distributed` for why this replaces ``DistributedDataParallel``)."""
+:mod:`medad_monai.distributed` for why this replaces ``DistributedDataParallel``), and the handler list of each
+rank (:func:`distributed_handlers`)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -9,7 +13,9 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from torch import nn
 
-__all__ = ["GradientAllReduce", "broadcast_state"]
+from medad_monai.distributed import ALL_RANK_HANDLERS, is_rank_zero
+
+__all__ = ["GradientAllReduce", "broadcast_state", "distributed_handlers"]
 
 
 def _active() -> bool:
@@ -79,3 +85,17 @@ class GradientAllReduce:
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+def distributed_handlers(
+    handlers: Sequence[Any], network: torch.nn.Module, all_ranks: Sequence[str] = ALL_RANK_HANDLERS
+) -> list[Any]:
+    """A trainer's handlers for this rank, plus the gradient synchronisation.
+
+    Rank 0 keeps every handler; the other ranks keep only those whose class name is in ``all_ranks`` (they change
+    the training state: checkpoint loading, learning-rate schedules, episode resampling), so checkpoints,
+    validation and logs are written once. Every rank gets a
+    :class:`GradientAllReduce` for ``network``.
+    """
+    kept = [h for h in handlers if is_rank_zero() or type(h).__name__ in set(all_ranks)]
+    return [*kept, GradientAllReduce(network)]

@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from medad_monai.data.samplers import ResumableRandomSampler
-from medad_monai.engines.distributed import is_rank_zero
+from medad_monai.distributed import is_rank_zero
 from medad_monai.io import atomic_torch_save, remove_stale_temporaries
 from medad_monai.rng import rng_state, set_rng_state
 

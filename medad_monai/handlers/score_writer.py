@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 
 from medad_monai.data.tolerant import FailureLog
 from medad_monai.io import atomic_write_text
-from medad_monai.transforms import source_name
+from medad_monai.transforms import image_source
 
 __all__ = ["ImageScoreWriter"]
 
@@ -59,7 +59,7 @@ class ImageScoreWriter:
         out = engine.state.output
         extra = [""] if self.failures is not None else []
         for item in out if isinstance(out, list) else [out]:
-            row = [source_name(item.get(self.image_key))] + [_scalar(item.get(k, "")) for k in self.keys]
+            row = [image_source(item.get(self.image_key))] + [_scalar(item.get(k, "")) for k in self.keys]
             self.rows.append(row + extra)
 
     def _write(self, engine: Engine) -> None:

@@ -12,9 +12,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medad_monai.data.datalists import file_stem
 from medad_monai.inference.volume import AnomalyResult
-from medad_monai.io import atomic_path, atomic_write_json
+from medad_monai.io import atomic_path, atomic_write_json, file_stem
 
 __all__ = [
     "result_stem",

@@ -1,4 +1,6 @@
-"""Multi-process training (``multi_gpu_train.json``): process group, device, samplers and rank-0-only handlers.
+"""Multi-process training (``multi_gpu_train.json``): the process group, this process's device and rank.
+
+:mod:`medad_monai.handlers.distributed` holds the handlers (gradient averaging, rank-0-only handlers).
 
 The bundles train methods whose networks compute a training step's outputs through a method other than ``forward``
 (``training_outputs``, ``episode_outputs``, ``refinement_outputs``), which ``DistributedDataParallel`` cannot wrap
@@ -17,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,6 @@ import torch.distributed as dist
 __all__ = [
     "ALL_RANK_HANDLERS",
     "destroy_distributed",
-    "distributed_handlers",
     "init_distributed",
     "is_rank_zero",
     "local_device",
@@ -86,19 +85,3 @@ def world_size() -> int:
 def is_rank_zero() -> bool:
     """Whether this process writes checkpoints and logs (always true without a process group)."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def distributed_handlers(
-    handlers: Sequence[Any], network: torch.nn.Module, all_ranks: Sequence[str] = ALL_RANK_HANDLERS
-) -> list[Any]:
-    """A trainer's handlers for this rank, plus the gradient synchronisation.
-
-    Rank 0 keeps every handler; the other ranks keep only those whose class name is in ``all_ranks`` (they change
-    the training state: checkpoint loading, learning-rate schedules, episode resampling), so checkpoints,
-    validation and logs are written once. Every rank gets a
-    :class:`~medad_monai.handlers.distributed.GradientAllReduce` for ``network``.
-    """
-    from medad_monai.handlers.distributed import GradientAllReduce
-
-    kept = [h for h in handlers if is_rank_zero() or type(h).__name__ in set(all_ranks)]
-    return [*kept, GradientAllReduce(network)]

@@ -20,7 +20,7 @@ from typing import Any
 from monai.bundle import ConfigWorkflow
 
 from medad_monai.bundle import resolve_bundle_root
-from medad_monai.data.episodes import source_name
+from medad_monai.data.episodes import dataset_name
 from medad_monai.io import atomic_write_text
 from medad_monai.provenance import provenance
 
@@ -123,7 +123,7 @@ def run_grid(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    names = [source_name(t) for t in targets]
+    names = [dataset_name(t) for t in targets]
     for target, name in zip(targets, names):
         sources = [d for d in datasets if d != target]
         for k in shots:

@@ -89,6 +89,18 @@ def test_load_bundle_model_reads_reduction_size_and_threshold(model, bundle):
     assert model.describe()["name"] == "DDAD-ASR anomaly detection"
 
 
+def test_model_setup_runs_only_what_the_config_lists(bundle):
+    """Serving sets up the model state with the config's explicit ``model_setup`` entries, nothing found by duck
+    typing: DDAD lists none; a listed component without ``apply()`` is a named error."""
+    assert load_bundle_model(bundle, device="cpu", overrides=TINY, setup=True).threshold == pytest.approx(0.5)
+    bad = {**TINY, "model_setup": [{"_target_": "builtins.dict"}]}
+    with pytest.raises(BundleLoadError, match=r"model set-up model_setup#0 failed: AttributeError"):
+        load_bundle_model(bundle, device="cpu", overrides=bad, setup=True)
+    load_bundle_model(bundle, device="cpu", overrides=bad, setup=False)  # not asked for: not run
+    with pytest.raises(ValueError, match="setup must be"):
+        load_bundle_model(bundle, device="cpu", overrides=TINY, setup="always")
+
+
 def test_missing_bundle_files_are_named(tmp_path):
     with pytest.raises(BundleLoadError, match="does not exist"):
         load_bundle_model(tmp_path / "nope")

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import pydoc
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,25 +203,101 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _run_setup_handlers(parser: ConfigParser, root: Path) -> list[str]:
-    """Run the inference handlers that set up the model state (those with an ``apply()`` method, e.g. D²4FAD's
-    ``SupportSetLoader``, which stores the target's support set and calibrates the threshold) once, after the
-    weights are loaded, as the bundle's evaluator would at its ``STARTED`` event. Returns their class names."""
+def _run_model_setup(parser: ConfigParser, root: Path) -> list[str]:
+    """Run the config's ``model_setup`` entries (objects with ``apply()`` that set up the model state after the
+    weights are loaded, e.g. D²4FAD's ``SupportSetLoader``: it stores the target's support set and calibrates the
+    threshold), as the bundle's own evaluator does at its ``STARTED`` event. Returns their class names."""
+    entries = parser.get("model_setup") or []
+    if not isinstance(entries, list):
+        raise BundleLoadError(f"bundle '{root}': model_setup must be a list of components with apply()")
     ran: list[str] = []
-    raw = parser.get("handlers") or []
-    for i, item in enumerate(raw if isinstance(raw, list) else []):
-        ref = item[1:] if isinstance(item, str) and item.startswith("@") else f"handlers#{i}"
-        conf = parser.get(ref)
-        target = conf.get("_target_", "") if isinstance(conf, dict) else ""
-        cls = pydoc.locate(target) if isinstance(target, str) and "." in target else None
-        if cls is None or not callable(getattr(cls, "apply", None)):
-            continue  # checkpoint loaders, progress bars, writers: not needed for serving
+    for i, entry in enumerate(entries):
+        ref = entry[1:] if isinstance(entry, str) and entry.startswith("@") else f"model_setup#{i}"
         try:
-            parser.get_parsed_content(ref).apply()
+            component = parser.get_parsed_content(ref)
+            component.apply()
         except Exception as e:
-            raise BundleLoadError(f"bundle '{root}': model set-up handler {target} failed: {e}") from e
-        ran.append(target.rsplit(".", 1)[-1])
+            raise BundleLoadError(f"bundle '{root}': model set-up {ref} failed: {type(e).__name__}: {e}") from e
+        ran.append(type(component).__name__)
     return ran
+
+
+@dataclass
+class _BundleFiles:
+    """What a bundle folder (or a TorchScript export) holds: its root, the TorchScript file (if one is served), the
+    inference config and the metadata."""
+
+    root: Path
+    ts_file: Path | None
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def _read_bundle(bundle: str | os.PathLike, trust_embedded_config: bool | None) -> _BundleFiles:
+    """The inference config and metadata of a bundle folder, or of a TorchScript file (embedded, when trusted)."""
+    path = Path(bundle).expanduser().resolve()
+    if not path.exists():
+        raise BundleLoadError(f"bundle '{path}' does not exist")
+    ts_file: Path | None = None
+    if path.is_file():
+        ts_file, root = path, (path.parent.parent if path.parent.name == "models" else path.parent)
+    else:
+        root = path
+    config_file, meta_file = root / "configs" / "inference.json", root / "configs" / "metadata.json"
+    if ts_file is None and not config_file.is_file():
+        raise BundleLoadError(f"bundle '{root}': missing configs/inference.json")
+    if ts_file is not None and not config_file.is_file():
+        if trust_embedded_config is None:
+            trust_embedded_config = os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        if not trust_embedded_config:
+            raise BundleLoadError(
+                f"TorchScript '{ts_file}' has no configs/ folder beside it, so it would be served with the "
+                "inference.json embedded in it, whose '$' expressions and _target_ components run as Python code; "
+                "serve its bundle folder instead, or, only for a file you trust, pass trust_embedded_config=True "
+                f"(Deploy app: --trust-model-config; or set {TRUST_ENV}=1)"
+            )
+        try:
+            _, meta, extra = load_net_with_metadata(str(ts_file), torch.device("cpu"), ("inference.json",))
+        except Exception as e:
+            raise BundleLoadError(f"cannot read TorchScript bundle '{ts_file}': {type(e).__name__}: {e}") from e
+        if not extra.get("inference.json"):
+            raise BundleLoadError(f"TorchScript '{ts_file}' embeds no inference.json and has no configs/ beside it")
+        return _BundleFiles(root, ts_file, json.loads(extra["inference.json"]), meta)
+    if not meta_file.is_file():
+        raise BundleLoadError(f"bundle '{root}': missing configs/metadata.json")
+    return _BundleFiles(root, ts_file, json.loads(config_file.read_text()), json.loads(meta_file.read_text()))
+
+
+def _load_network(
+    parser: ConfigParser, files: _BundleFiles, prefer: str, device: torch.device, setup: bool | str
+) -> tuple[nn.Module, Path]:
+    """The served network in eval mode and its weights file: TorchScript as exported, or ``network_def`` with
+    ``model.pt`` and, when ``setup`` asks for it, the config's ``model_setup``."""
+    root, ts_file = files.root, files.ts_file
+    if ts_file is None and prefer == "ts" and (root / "models" / "model.ts").is_file():
+        ts_file = root / "models" / "model.ts"
+    model_file = ts_file if ts_file is not None else _model_file(root, prefer="pt")
+    if model_file.suffix == ".ts":
+        try:
+            network = torch.jit.load(str(model_file), map_location=device)
+        except Exception as e:
+            raise BundleLoadError(f"cannot read TorchScript '{model_file}': {type(e).__name__}: {e}") from e
+        return network.eval(), model_file
+    try:
+        network = parser.get_parsed_content("network_def")
+    except Exception as e:
+        raise BundleLoadError(f"bundle '{root}': cannot build network_def: {type(e).__name__}: {e}") from e
+    try:
+        network.load_state_dict(_load_state(model_file))
+    except BundleLoadError:
+        raise
+    except Exception as e:
+        raise BundleLoadError(f"checkpoint '{model_file}' does not fit network_def: {e}") from e
+    network = network.to(device)
+    holds_state = bool(getattr(network, "has_support", False))
+    if setup is True or (setup == "auto" and not holds_state):
+        _run_model_setup(parser, root)
+    return network.eval(), model_file
 
 
 def load_bundle_model(
@@ -243,8 +318,8 @@ def load_bundle_model(
         prefer: ``"pt"`` (eager ``network_def`` + ``model.pt``, default) or ``"ts"`` (TorchScript first).
         overrides: extra config overrides (``{"image_size": 64}``, D²4FAD's ``{"support_dir": ...}``), applied
             after ``bundle_root``.
-        setup: run the config's model set-up handlers (those with ``apply()``, e.g. D²4FAD's support set loader)
-            after loading the weights, as the bundle's own inference does (eager bundles only; a TorchScript
+        setup: run the config's ``model_setup`` entries (components with ``apply()``, e.g. D²4FAD's support set
+            loader) after loading the weights, as the bundle's own inference does (eager bundles only; a TorchScript
             export carries the state it was exported with). ``"auto"`` (default): only when the weights do not
             already carry that state (D²4FAD's ``has_support`` buffer is false), so a trained model is served with
             the support set it was trained and calibrated with and serving needs no support images; ``True``:
@@ -258,44 +333,11 @@ def load_bundle_model(
     Raises:
         BundleLoadError: naming the bundle path, when a config, the metadata or the weights are missing or invalid.
     """
-    path = Path(bundle).expanduser().resolve()
-    if not path.exists():
-        raise BundleLoadError(f"bundle '{path}' does not exist")
-    ts_file: Path | None = None
-    if path.is_file():
-        ts_file, root = path, (path.parent.parent if path.parent.name == "models" else path.parent)
-    else:
-        root = path
+    if setup not in (True, False, "auto"):
+        raise ValueError(f"setup must be True, False or 'auto', got {setup!r}")
+    files = _read_bundle(bundle, trust_embedded_config)
+    root, config, metadata = files.root, files.config, files.metadata
     dev = torch.device(device) if device is not None else None
-
-    config_file, meta_file = root / "configs" / "inference.json", root / "configs" / "metadata.json"
-    extra: dict[str, Any] = {}
-    if ts_file is None and not config_file.is_file():
-        raise BundleLoadError(f"bundle '{root}': missing configs/inference.json")
-    if ts_file is not None and not config_file.is_file():
-        if trust_embedded_config is None:
-            trust_embedded_config = os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-        if not trust_embedded_config:
-            raise BundleLoadError(
-                f"TorchScript '{ts_file}' has no configs/ folder beside it, so it would be served with the "
-                "inference.json embedded in it, whose '$' expressions and _target_ components run as Python code; "
-                "serve its bundle folder instead, or, only for a file you trust, pass trust_embedded_config=True "
-                f"(Deploy app: --trust-model-config; or set {TRUST_ENV}=1)"
-            )
-        try:
-            _, meta, extra = load_net_with_metadata(str(ts_file), torch.device("cpu"), ("inference.json",))
-        except Exception as e:
-            raise BundleLoadError(f"cannot read TorchScript bundle '{ts_file}': {type(e).__name__}: {e}") from e
-        if not extra.get("inference.json"):
-            raise BundleLoadError(f"TorchScript '{ts_file}' embeds no inference.json and has no configs/ beside it")
-        config = json.loads(extra["inference.json"])
-        metadata = meta
-    else:
-        config = json.loads(config_file.read_text())
-        if not meta_file.is_file():
-            raise BundleLoadError(f"bundle '{root}': missing configs/metadata.json")
-        metadata = json.loads(meta_file.read_text())
-
     parser = ConfigParser(config)
     parser["bundle_root"] = str(root)
     if dev is not None:
@@ -315,36 +357,7 @@ def load_bundle_model(
     channels = int(inp.get("num_channels", 1))
     spatial_size = tuple(int(s) for s in inp.get("spatial_shape", ()))
 
-    if ts_file is None and prefer == "ts" and (root / "models" / "model.ts").is_file():
-        ts_file = root / "models" / "model.ts"
-    if ts_file is not None:
-        model_file = ts_file
-        try:
-            network = torch.jit.load(str(ts_file), map_location=dev)
-        except Exception as e:
-            raise BundleLoadError(f"cannot read TorchScript '{ts_file}': {type(e).__name__}: {e}") from e
-    else:
-        model_file = _model_file(root, prefer="pt")
-        if model_file.suffix == ".ts":
-            network = torch.jit.load(str(model_file), map_location=dev)
-        else:
-            try:
-                network = parser.get_parsed_content("network_def")
-            except Exception as e:
-                raise BundleLoadError(f"bundle '{root}': cannot build network_def: {type(e).__name__}: {e}") from e
-            try:
-                network.load_state_dict(_load_state(model_file))
-            except BundleLoadError:
-                raise
-            except Exception as e:
-                raise BundleLoadError(f"checkpoint '{model_file}' does not fit network_def: {e}") from e
-            network = network.to(dev)
-            if setup not in (True, False, "auto"):
-                raise ValueError(f"setup must be True, False or 'auto', got {setup!r}")
-            holds_state = bool(getattr(network, "has_support", False))
-            if setup is True or (setup == "auto" and not holds_state):
-                _run_setup_handlers(parser, root)
-    network.eval()
+    network, model_file = _load_network(parser, files, prefer, dev, setup)
     reduction = _served_reduction(network, parser, root)
     threshold = getattr(network, "threshold", None)
     if isinstance(threshold, torch.Tensor) and threshold.numel() == 1 and not torch.isfinite(threshold).item():

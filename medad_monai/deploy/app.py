@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,14 @@ from medad_monai.deploy.operators import (
 )
 from medad_monai.deploy.scoring import resolve_model_path
 from medad_monai.deploy.studies import NoStudyError, discover_studies
-from medad_monai.inference import MASK_SCOPES, VOLUME_REDUCTIONS, BundleLoadError, load_bundle_model, model_version
+from medad_monai.inference import (
+    MASK_SCOPES,
+    VOLUME_REDUCTIONS,
+    BundleLoadError,
+    ScoringOptions,
+    load_bundle_model,
+    model_version,
+)
 from medad_monai.io import atomic_write_json
 
 __all__ = [
@@ -84,12 +91,8 @@ class DeployOptions:
     input: Path
     output: Path
     model: Path
-    axis: int = 2
-    volume_reduction: str = "max"
-    top_k: int = 3
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
     device: str | None = None
-    batch_size: int = 16
-    mask_scope: str = "anomalous_slices"
     workdir: Path | None = None
     strict: bool = False
     trust_model_config: bool = False
@@ -152,18 +155,16 @@ def parse_options(argv: list[str] | None = None, env: dict[str, str] | None = No
         except ValueError as e:
             raise ValueError(f"invalid {ENV_PREFIX + name.upper()}={value!r}: {e}") from e
 
-    reduction = pick("volume_reduction", str, "max")
-    if reduction not in VOLUME_REDUCTIONS:
-        raise ValueError(f"volume reduction must be one of {VOLUME_REDUCTIONS}, got {reduction!r}")
-    axis = pick("axis", int, 2)
-    if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
-    mask_scope = pick("mask_scope", str, "anomalous_slices")
-    if mask_scope not in MASK_SCOPES:
-        raise ValueError(f"mask scope must be one of {MASK_SCOPES}, got {mask_scope!r}")
-    top_k, batch_size = pick("top_k", int, 3), pick("batch_size", int, 16)
-    if top_k < 1 or batch_size < 1:
-        raise ValueError(f"top k and batch size must be >= 1, got {top_k} and {batch_size}")
+    try:  # every scoring option is validated once, by ScoringOptions (medad_monai.inference.options)
+        scoring = ScoringOptions(
+            axis=pick("axis", int, 2),
+            volume_reduction=pick("volume_reduction", str, "max"),
+            top_k=pick("top_k", int, 3),
+            batch_size=pick("batch_size", int, 16),
+            mask_scope=pick("mask_scope", str, "anomalous_slices"),
+        )
+    except ValueError as e:
+        raise ValueError(f"{e} (its command-line option or {ENV_PREFIX}<OPTION> variable)") from e
     workdir = args.workdir or runtime["workdir"]
     if args.log_level:
         logging.getLogger().setLevel(args.log_level)
@@ -171,12 +172,8 @@ def parse_options(argv: list[str] | None = None, env: dict[str, str] | None = No
         input=Path(args.input or runtime["input"]),
         output=Path(args.output or runtime["output"]),
         model=Path(args.model or runtime["model"]),
-        axis=axis,
-        volume_reduction=reduction,
-        top_k=top_k,
+        scoring=scoring,
         device=pick("device", str, None),
-        batch_size=batch_size,
-        mask_scope=mask_scope,
         workdir=Path(workdir) if workdir else None,
         strict=pick("strict", _flag, False),
         trust_model_config=pick("trust_model_config", _flag, False),
@@ -218,12 +215,8 @@ class AnomalyDetectionApp(Application):
             model_path=model_path,
             run_log=self.run_log,
             device=opts.device,
-            axis=opts.axis,
-            volume_reduction=opts.volume_reduction,
-            top_k=opts.top_k,
-            batch_size=opts.batch_size,
+            scoring=opts.scoring,
             scratch=self._scratch.name,
-            mask_scope=opts.mask_scope,
             model=model,
             name="anomaly_inference",
         )
@@ -267,10 +260,7 @@ class AnomalyDetectionApp(Application):
             "input": str(opts.input),
             "model": {"path": str(model_path), "model_version": model_version(model_path)},
             "options": {
-                "axis": opts.axis,
-                "volume_reduction": opts.volume_reduction,
-                "top_k": opts.top_k,
-                "mask_scope": opts.mask_scope,
+                **{k: v for k, v in opts.scoring.as_kwargs().items() if k != "batch_size"},
             },
             "studies": [
                 {

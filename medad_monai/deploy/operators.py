@@ -28,7 +28,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from medad_monai.deploy.dicom_reports import build_seg, build_sr, read_source_datasets, summary_text, write_dataset
 from medad_monai.deploy.scoring import ScoredStudy, score_study
 from medad_monai.deploy.studies import StrayFile, Study
-from medad_monai.inference import BundleModel, load_bundle_model, write_result
+from medad_monai.inference import BundleModel, ScoringOptions, load_bundle_model, write_result
 
 __all__ = [
     "AnomalyInferenceOperator",
@@ -103,21 +103,16 @@ class AnomalyInferenceOperator(Operator):
         model_path: str | os.PathLike,
         run_log: RunLog,
         device: str | None = None,
-        axis: int = 2,
-        volume_reduction: str = "max",
-        top_k: int = 3,
-        batch_size: int = 16,
+        scoring: ScoringOptions | None = None,
         scratch: str | os.PathLike | None = None,
-        mask_scope: str = "anomalous_slices",
         model: BundleModel | None = None,
         **kwargs: Any,
     ) -> None:
         self.model_path = Path(model_path)
         self.run_log = run_log
         self.device = device
-        self.axis, self.volume_reduction, self.top_k, self.batch_size = axis, volume_reduction, top_k, batch_size
+        self.scoring = scoring if scoring is not None else ScoringOptions()
         self.scratch = scratch
-        self.mask_scope = mask_scope
         self._model = model
         super().__init__(fragment, *args, **kwargs)
 
@@ -137,16 +132,7 @@ class AnomalyInferenceOperator(Operator):
         study: Study = op_input.receive("study")
         model = self.model
         try:
-            scored = score_study(
-                model,
-                study,
-                axis=self.axis,
-                volume_reduction=self.volume_reduction,
-                top_k=self.top_k,
-                batch_size=self.batch_size,
-                scratch=self.scratch,
-                mask_scope=self.mask_scope,
-            )
+            scored = score_study(model, study, self.scoring, scratch=self.scratch)
         except Exception as e:  # one unreadable study must not stop the queue; it is reported
             self.run_log.add_failure(study.name, "inference", e)
             return

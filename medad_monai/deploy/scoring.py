@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medad_monai.deploy.studies import Study
-from medad_monai.inference import AnomalyResult, BundleModel, score_volume
+from medad_monai.inference import AnomalyResult, BundleModel, ScoringOptions, score_volume
 
 __all__ = ["ScoredStudy", "SeriesGeometryError", "check_series_geometry", "resolve_model_path", "score_study"]
 
@@ -111,22 +111,16 @@ def check_series_geometry(study: Study, tolerance: float = 0.1) -> None:
 def score_study(
     model: BundleModel,
     study: Study,
-    axis: int = 2,
-    volume_reduction: str = "max",
-    top_k: int = 3,
-    batch_size: int = 16,
+    scoring: ScoringOptions | None = None,
     scratch: str | os.PathLike | None = None,
-    mask_scope: str = "anomalous_slices",
 ) -> ScoredStudy:
     """Score a study (2D picture, 2D/3D NIfTI, single- or multi-instance DICOM series) slice by slice.
 
-    ``axis``/``volume_reduction``/``top_k`` apply to 3D inputs and ``mask_scope`` to the mask, as in
-    :func:`~medad_monai.inference.score_volume`.
+    ``scoring``: the :class:`~medad_monai.inference.ScoringOptions` of
+    :func:`~medad_monai.inference.score_volume` (default: its defaults).
     The result's ``source`` is the study's file (or, for a multi-instance series, its folder).
     """
-    kwargs: dict[str, Any] = dict(
-        axis=axis, volume_reduction=volume_reduction, top_k=top_k, batch_size=batch_size, mask_scope=mask_scope
-    )
+    kwargs: dict[str, Any] = (scoring if scoring is not None else ScoringOptions()).as_kwargs()
     if len(study.files) == 1:
         result = score_volume(model, study.files[0], **kwargs)
     else:

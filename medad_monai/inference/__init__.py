@@ -2,7 +2,8 @@
 
 - :func:`load_bundle_model` loads any 2D anomaly bundle (directory or TorchScript) with its own preprocessing,
   score reduction and calibrated threshold;
-- :func:`score_volume` scores a 2D image or a 3D volume slice by slice, keeping the input's geometry;
+- :func:`score_volume` scores a 2D image or a 3D volume slice by slice, keeping the input's geometry, with the
+  options of :class:`ScoringOptions` (validated once, passed unchanged by Label and Deploy);
 - :mod:`~medad_monai.inference.results` writes maps, masks, JSON summaries and overlays atomically;
 - :class:`StudyRanker` ranks studies ("most anomalous", "nearest the threshold") over a persistent score cache.
 """
@@ -14,6 +15,7 @@ from medad_monai.inference.bundle_model import (
     load_bundle_model,
     model_version,
 )
+from medad_monai.inference.options import MASK_SCOPES, VOLUME_REDUCTIONS, ScoringOptions
 from medad_monai.inference.ranking import ScoreCache, StudyRanker, most_anomalous, nearest_threshold, study_stamp
 from medad_monai.inference.results import (
     write_json,
@@ -24,8 +26,6 @@ from medad_monai.inference.results import (
     write_result,
 )
 from medad_monai.inference.volume import (
-    MASK_SCOPES,
-    VOLUME_REDUCTIONS,
     AnomalyResult,
     load_input,
     reduce_scores,
@@ -40,6 +40,7 @@ __all__ = [
     "BundleLoadError",
     "BundleModel",
     "ScoreCache",
+    "ScoringOptions",
     "StudyRanker",
     "file_version",
     "load_bundle_model",

@@ -39,12 +39,11 @@ from monai.transforms import Invertd, LoadImage
 
 from medad_monai.data.foreground import FOREGROUND_THRESHOLD, foreground
 from medad_monai.inference.bundle_model import BundleModel
+from medad_monai.inference.options import VOLUME_REDUCTIONS, ScoringOptions
 from medad_monai.scores import decision
 from medad_monai.transforms import INTENSITY_WINDOW_KEY, ImageReadError, IntensityPolicyd
 
 __all__ = [
-    "MASK_SCOPES",
-    "VOLUME_REDUCTIONS",
     "RELATIVE_BODY",
     "AnomalyResult",
     "body_slices",
@@ -56,10 +55,8 @@ __all__ = [
     "volume_window",
 ]
 
-VOLUME_REDUCTIONS = ("max", "mean", "topk")
 # a model without a recorded body extent scores the slices with at least this fraction of the largest slice's body
 RELATIVE_BODY = 0.5
-MASK_SCOPES = ("anomalous_slices", "all")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
@@ -388,28 +385,24 @@ def score_volume(
     Raises:
         ImageReadError: naming the file, when it cannot be read or holds non-finite values.
     """
-    if volume_reduction not in VOLUME_REDUCTIONS:
-        raise ValueError(f"volume_reduction must be one of {VOLUME_REDUCTIONS}, got {volume_reduction!r}")
-    if mask_scope not in MASK_SCOPES:
-        raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {mask_scope!r}")
+    # one validation of the scoring options (medad_monai.inference.options), whichever caller passed them
+    opts = ScoringOptions(axis, volume_reduction, int(top_k), int(batch_size), mask_scope)
     data, aff, source = _as_input(image, affine)
     spatial = tuple(data.shape[1:])
     t = float(threshold) if threshold is not None else model.threshold
     pt = float(pixel_threshold) if pixel_threshold is not None else t
     if len(spatial) == 2:  # a 2D image: scored as the bundle's own inference scores it
         ax, scored = None, [0]
-        maps, slice_scores = _score_slices(model, [data], max(1, int(batch_size)), source)
+        maps, slice_scores = _score_slices(model, [data], opts.batch_size, source)
         map_np = maps[0].numpy().astype(np.float32)
         foreground = np.ones(spatial, dtype=bool)
     else:
-        if axis not in (0, 1, 2, -1, -2, -3):
-            raise ValueError(f"axis must be 0, 1 or 2 for a 3D volume, got {axis}")
-        ax = axis % 3
+        ax = opts.axis % 3
         window, foreground, scored = select_slices(model, data, ax, source, min_body_fraction, foreground_threshold)
         if not scored:
             raise ImageReadError(f"image '{source}' has no foreground: every voxel is at or below its background level")
         slices = [data.select(ax + 1, i) for i in scored]
-        maps, scores = _score_slices(model, slices, max(1, int(batch_size)), source, window)
+        maps, scores = _score_slices(model, slices, opts.batch_size, source, window)
         map_np = np.zeros(spatial, dtype=np.float32)  # slices outside the body: no map
         index: list[Any] = [slice(None)] * 3
         index[ax] = scored
@@ -430,7 +423,7 @@ def score_volume(
             index[ax] = np.flatnonzero(normal)
             mask[tuple(index)] = 0
     kept = [slice_scores[i] for i in scored]
-    score = kept[0] if ax is None else reduce_scores(kept, volume_reduction, top_k)
+    score = kept[0] if ax is None else reduce_scores(kept, opts.volume_reduction, opts.top_k)
     return AnomalyResult(
         map=map_np,
         mask=mask,

@@ -40,7 +40,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
-from medad_monai.inference import VOLUME_REDUCTIONS
+from medad_monai.inference import ScoringOptions
 from medad_monai.label.infer import AnomalyInferTask
 from medad_monai.label.models import ServedBundles
 from medad_monai.label.strategy import STRATEGIES, AnomalyRankingStrategy
@@ -87,12 +87,13 @@ class AnomalyLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         conf = dict(conf or {})
         self.bundles = find_bundles(conf.get("bundles", str(REPO_BUNDLES)), conf.get("models", "all"))
-        self.axis = int(conf.get("axis", 2))
-        if self.axis not in (0, 1, 2):
-            raise ValueError(f"conf axis must be 0, 1 or 2, got {self.axis}")
-        self.volume_reduction = conf.get("volume_reduction", "max")
-        if self.volume_reduction not in VOLUME_REDUCTIONS:
-            raise ValueError(f"conf volume_reduction must be one of {VOLUME_REDUCTIONS}")
+        try:  # validated once, by ScoringOptions (medad_monai.inference.options)
+            self.scoring = ScoringOptions(
+                axis=int(conf.get("axis", 2)), volume_reduction=conf.get("volume_reduction", "max")
+            )
+        except ValueError as e:
+            raise ValueError(f"conf: {e}") from e
+        self.axis = self.scoring.axis
         self.device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         self.strategy_model = conf.get("strategy_model") or None  # None: the first bundle with a trained model
         if self.strategy_model is not None and self.strategy_model not in self.bundles:
@@ -115,10 +116,9 @@ class AnomalyLabelApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
         for name, path in self.bundles.items():
-            opts = {"served": self.served, "axis": self.axis, "volume_reduction": self.volume_reduction}
-            infers[name] = AnomalyInferTask(path, output="mask", **opts)
+            infers[name] = AnomalyInferTask(path, self.served, output="mask", scoring=self.scoring)
             if self.heatmap:
-                infers[f"{name}_heatmap"] = AnomalyInferTask(path, output="heatmap", **opts)
+                infers[f"{name}_heatmap"] = AnomalyInferTask(path, self.served, output="heatmap", scoring=self.scoring)
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:
@@ -129,10 +129,9 @@ class AnomalyLabelApp(MONAILabelApp):
         }
 
     def init_strategies(self) -> dict[str, Strategy]:
-        opts = {"axis": self.axis, "volume_reduction": self.volume_reduction}
         return {
             s: AnomalyRankingStrategy(
-                s, self.bundles, self.served, self.cache_dir, self.strategy_model, self.device, opts
+                s, self.bundles, self.served, self.cache_dir, self.strategy_model, self.device, self.scoring
             )
             for s in STRATEGIES
         }

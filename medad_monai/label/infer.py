@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from medad_monai.inference import VOLUME_REDUCTIONS, BundleLoadError, score_volume
+from medad_monai.inference import VOLUME_REDUCTIONS, BundleLoadError, ScoringOptions, score_volume
 from medad_monai.label.models import ServedBundles
 from medad_monai.transforms import ImageReadError
 
@@ -65,8 +66,8 @@ class AnomalyInferTask(BasicInferTask):
         bundle: the bundle folder (``configs/``, ``models/``).
         served: the app's shared :class:`~medad_monai.label.models.ServedBundles`.
         output: ``"mask"`` (thresholded ``anomaly`` label) or ``"heatmap"`` (float map).
-        axis: default slicing axis for 3D inputs (0, 1, 2); a request may override it (``{"axis": 0}``).
-        volume_reduction: default volume score from slice scores (``max``, ``mean``, ``topk``).
+        scoring: the default :class:`~medad_monai.inference.ScoringOptions` (slicing axis, volume reduction,
+            ...); a request may override ``axis``, ``volume_reduction`` and ``top_k`` (``{"axis": 0}``).
         dimension: what the task reports to clients (3: it serves volumes; 2D images work too).
     """
 
@@ -75,19 +76,18 @@ class AnomalyInferTask(BasicInferTask):
         bundle: str | Path,
         served: ServedBundles,
         output: str = "mask",
-        axis: int = 2,
-        volume_reduction: str = "max",
+        scoring: ScoringOptions | None = None,
         dimension: int = 3,
     ) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if volume_reduction not in VOLUME_REDUCTIONS:
-            raise ValueError(f"volume_reduction must be one of {VOLUME_REDUCTIONS}, got {volume_reduction!r}")
+        self.scoring = scoring if scoring is not None else ScoringOptions()
         self.bundle = Path(bundle).resolve()
         self.served, self.output = served, output
         meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
         kind = "anomaly label at the model's calibrated threshold" if output == "mask" else "float anomaly heatmap"
-        reductions = [volume_reduction] + [r for r in VOLUME_REDUCTIONS if r != volume_reduction]
+        default = self.scoring.volume_reduction  # listed first: Slicer shows the first entry as the default
+        reductions = [default] + [r for r in VOLUME_REDUCTIONS if r != default]
         super().__init__(
             path=str(self.bundle / "models" / "model.pt"),
             network=None,
@@ -95,7 +95,7 @@ class AnomalyInferTask(BasicInferTask):
             labels={"anomaly": 1},
             dimension=dimension,
             description=f"{meta.get('name', self.bundle.name)}: {kind}; 3D volumes scored slice by slice",
-            config={"axis": int(axis), "volume_reduction": reductions, "top_k": 3},
+            config={"axis": self.scoring.axis, "volume_reduction": reductions, "top_k": self.scoring.top_k},
         )
         self.version = meta.get("version")
 
@@ -123,11 +123,13 @@ class AnomalyInferTask(BasicInferTask):
         except BundleLoadError as e:
             raise MONAILabelException(MONAILabelError.INFERENCE_ERROR, str(e)) from e
         try:
-            axis = int(_first(data.get("axis", 2)))
-            reduction = str(_first(data.get("volume_reduction", "max")))
-            result = score_volume(
-                model, image, axis=axis, volume_reduction=reduction, top_k=int(_first(data.get("top_k", 3)))
+            scoring = replace(  # the request's options over the task's, validated by ScoringOptions
+                self.scoring,
+                axis=int(_first(data.get("axis", self.scoring.axis))),
+                volume_reduction=str(_first(data.get("volume_reduction", self.scoring.volume_reduction))),
+                top_k=int(_first(data.get("top_k", self.scoring.top_k))),
             )
+            result = score_volume(model, image, **scoring.as_kwargs())
         except ImageReadError as e:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(e)) from e
         except ValueError as e:  # bad options (axis, reduction)

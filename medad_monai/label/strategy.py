@@ -20,7 +20,7 @@ from typing import Any
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from medad_monai.inference import BundleLoadError, StudyRanker
+from medad_monai.inference import BundleLoadError, ScoringOptions, StudyRanker
 from medad_monai.label.datastore import ReviewStatus, studies_by_status
 from medad_monai.label.models import ServedBundles, bundle_has_model
 
@@ -45,7 +45,8 @@ class AnomalyRankingStrategy(Strategy):
         cache_dir: where the score caches live.
         default_model: the bundle used when the request names none (``None``: the first trained one).
         device: where scoring runs.
-        score_options: passed to ``score_volume`` (``axis``, ``volume_reduction``).
+        scoring: the :class:`~medad_monai.inference.ScoringOptions` studies are scored with (default: its
+            defaults).
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class AnomalyRankingStrategy(Strategy):
         cache_dir: str | Path,
         default_model: str | None = None,
         device: str = "cpu",
-        score_options: dict[str, Any] | None = None,
+        scoring: ScoringOptions | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
@@ -64,7 +65,7 @@ class AnomalyRankingStrategy(Strategy):
         super().__init__(f"{STRATEGIES[strategy]} (model: request 'model', default {default})")
         self.strategy, self.bundles, self.served = strategy, dict(bundles), served
         self.cache_dir, self.default_model, self.device = Path(cache_dir), default_model, device
-        self.score_options = dict(score_options or {})
+        self.scoring = scoring if scoring is not None else ScoringOptions()
 
     def ranker(self, model_name: str) -> StudyRanker:
         """A ranker over the cached scores of bundle ``model_name``'s current model."""
@@ -76,7 +77,7 @@ class AnomalyRankingStrategy(Strategy):
             model = self.served.get(self.bundles[model_name], device=self.device)
         except BundleLoadError as e:
             raise MONAILabelException(MONAILabelError.APP_ERROR, str(e)) from e
-        return StudyRanker.for_model(model, self.cache_dir / f"{model_name}_scores.json", **self.score_options)
+        return StudyRanker.for_model(model, self.cache_dir / f"{model_name}_scores.json", **self.scoring.as_kwargs())
 
     def model_name(self, request: dict[str, Any]) -> str:
         """The bundle that ranks: the request's ``model``, else the default, else the first trained bundle."""

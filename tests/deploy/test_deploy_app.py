@@ -230,7 +230,7 @@ def test_environment_variables_and_torchscript_model(app_run, ddad_bundle, mixed
     monkeypatch.setenv("MEDAD_DEPLOY_TRUST_MODEL_CONFIG", "1")  # the packager's decision, as a MAP would set it
     opts = parse_options([])
     assert opts.trust_model_config
-    assert (opts.input, opts.output, opts.model, opts.volume_reduction) == (inputs, out, models, "mean")
+    assert (opts.input, opts.output, opts.model, opts.scoring.volume_reduction) == (inputs, out, models, "mean")
     assert main([]) == 0
     vol = read_json(out, "vol")
     assert vol["volume_reduction"] == "mean" and vol["score"] == pytest.approx(np.mean(vol["slice_scores"]))
@@ -255,14 +255,19 @@ def test_invalid_options_are_named(tmp_path):
         parse_options([], env=env)
     with pytest.raises(ValueError, match="MEDAD_DEPLOY_TOP_K='three'"):
         parse_options([], env={"MEDAD_DEPLOY_TOP_K": "three"})
-    with pytest.raises(ValueError, match="volume reduction must be one of"):
+    with pytest.raises(ValueError, match="volume_reduction must be one of .*MEDAD_DEPLOY_"):
         parse_options([], env={"MEDAD_DEPLOY_VOLUME_REDUCTION": "median"})
-    with pytest.raises(ValueError, match="mask scope must be one of"):
+    with pytest.raises(ValueError, match="mask_scope must be one of"):
         parse_options([], env={"MEDAD_DEPLOY_MASK_SCOPE": "some"})
     with pytest.raises(ValueError, match="MEDAD_DEPLOY_STRICT='maybe'"):
         parse_options([], env={"MEDAD_DEPLOY_STRICT": "maybe"})
     opts = parse_options(["--axis", "0", "-i", "x"], env={**env, "MEDAD_DEPLOY_TOP_K": "2"})
-    assert (opts.axis, opts.top_k, opts.input, opts.model) == (0, 2, Path("x"), Path("models"))  # args win
+    assert (opts.scoring.axis, opts.scoring.top_k, opts.input, opts.model) == (
+        0,
+        2,
+        Path("x"),
+        Path("models"),
+    )  # args win
     assert not opts.strict
     assert parse_options([], env={"MEDAD_DEPLOY_STRICT": "yes"}).strict and parse_options(["--strict"]).strict
 

@@ -32,7 +32,8 @@ from PIL import Image  # noqa: E402
 
 from medad_monai.data.foreground import foreground  # noqa: E402
 from medad_monai.deploy import NoStudyError, discover_studies, resolve_model_path  # noqa: E402
-from medad_monai.deploy.app import REPORT_NAME, AnomalyDetectionApp, main, parse_options  # noqa: E402
+from medad_monai.deploy.app import REPORT_NAME, AnomalyDetectionApp, main  # noqa: E402
+from medad_monai.deploy.options import parse_options  # noqa: E402
 from medad_monai.inference import load_input  # noqa: E402
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"

@@ -69,6 +69,9 @@ def test_evaluate_reports_every_score(trained):
     assert set(record["results"]) == {"rec", "intra", "inter", "r_intra", "r_dual"}
     for row in record["results"].values():
         assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["ap"] <= 1.0
+        assert row["auroc_ci95"][0] <= row["auroc"] <= row["auroc_ci95"][1]
+    decided = [name for name, row in record["results"].items() if "sensitivity" in row]
+    assert len(decided) == 1  # only the served map's score is thresholded
     assert record["provenance"]["seed"] == 0 and record["provenance"]["versions"]["monai"]
     assert record["data"] == {"n_images": 64, "n_normal": 32, "n_anomalous": 32}
     for name in ("roc.png", "score_histograms.png", "results.md", "image_scores.csv", "metrics.csv"):

@@ -73,7 +73,11 @@ def test_train_writes_a_flat_state_dict_with_calibrated_threshold(trained):
 def test_brief_training_ranks_anomalies_above_normals(trained):
     record = json.loads((trained / "eval" / "metrics.json").read_text())
     row = record["results"]["score"]
-    assert set(row) == {"auroc", "ap", "f1_max"}
+    assert {"auroc", "ap", "f1_max", "sensitivity", "specificity"} <= set(row)
+    for metric in ("auroc", "ap", "f1_max", "sensitivity", "specificity"):  # stratified bootstrap 95% intervals
+        low, high = row[f"{metric}_ci95"]
+        assert 0.0 <= low <= row[metric] <= high <= 1.0, (metric, row)
+    assert "specificity" in (trained / "eval" / "results.md").read_text()
     assert record["data"] == {"n_images": 64, "n_normal": 32, "n_anomalous": 32}
     assert record["provenance"]["seed"] == 0 and record["provenance"]["versions"]["monai"]
     for name in ("roc.png", "score_histograms.png", "results.md", "image_scores.csv", "metrics.csv"):

@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from medad_monai.io import atomic_write_json, atomic_write_text
+from medad_monai.metrics.bootstrap import bootstrap_ci
 from medad_monai.metrics.ranking import f1_max
 from medad_monai.provenance import provenance
 from medad_monai.visualize import plot_roc_curves, plot_score_histograms
@@ -28,7 +29,10 @@ class EvaluationReport:
     AUROC of :class:`~medad_monai.handlers.pixel_metrics.PixelAUROC` is added when that handler is attached first.
 
     AUROC and AP are read from ``engine.state.metrics`` (``<score>_auroc``, ``<score>_ap``, computed by MONAI's
-    handlers, see :class:`~medad_monai.handlers.score_metrics.ScoreMetrics`); F1-max is computed exactly here.
+    handlers, see :class:`~medad_monai.handlers.score_metrics.ScoreMetrics`); F1-max is computed exactly here. Each
+    comes with a stratified bootstrap 95% confidence interval (:func:`~medad_monai.metrics.bootstrap.bootstrap_ci`,
+    ``bootstrap`` resamples seeded by ``seed``), and the score the model decides on (its served map, or ``score``)
+    with the sensitivity and specificity of its decisions at the stored threshold and their intervals.
 
     Args:
         output_dir: folder of the report.
@@ -41,6 +45,7 @@ class EvaluationReport:
         extra: anything else to record (e.g. the dataset folder).
         include: JSON files to embed in ``metrics.json`` under their key when they exist (e.g. the training
             report with label-free checks and choices, ``{"training": ".../training_report.json"}``).
+        bootstrap: resamples of the confidence intervals (0: none).
     """
 
     def __init__(
@@ -54,12 +59,16 @@ class EvaluationReport:
         label_key: str = "label",
         extra: Mapping[str, Any] | None = None,
         include: Mapping[str, str | os.PathLike] | None = None,
+        bootstrap: int = 2000,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.score_names, self.labels = list(score_names), dict(labels or {})
         self.title, self.seed, self.network, self.label_key = title, seed, network, label_key
         self.extra = dict(extra or {})
         self.include = {k: Path(v) for k, v in (include or {}).items()}
+        if bootstrap < 0:
+            raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+        self.bootstrap = int(bootstrap)
         self.scores: dict[str, list[float]] = {}
         self.y: list[int] = []
 
@@ -83,19 +92,28 @@ class EvaluationReport:
     def _write(self, engine: Engine) -> None:
         y = np.asarray(self.y)
         names = [n for n in self.score_names if n in self.scores]
-        results: dict[str, dict[str, float]] = {}
+        results: dict[str, dict[str, Any]] = {}
         both_classes = bool((y == 0).any() and (y == 1).any())
+        threshold = float(self.network.threshold) if self.network is not None else float("nan")
+        served = self.network.served_map_name() if hasattr(self.network, "served_map_name") else None
+        decided = _decided_score(self.network, served, names)  # the score the stored threshold applies to
         for name in names:
             s = np.asarray(self.scores[name])
-            row = {
+            row: dict[str, Any] = {
                 "auroc": float(engine.state.metrics.get(f"{name}_auroc", float("nan"))),
                 "ap": float(engine.state.metrics.get(f"{name}_ap", float("nan"))),
             }
             if both_classes:
                 row["f1_max"] = f1_max(s, y)[0]
+            if both_classes and self.bootstrap and np.isfinite(s).all():
+                ci = bootstrap_ci(s, y, threshold if name == decided else None, self.bootstrap, self.seed or 0)
+                for metric in ("auroc", "ap", "f1_max"):
+                    row[f"{metric}_ci95"] = [ci[metric]["low"], ci[metric]["high"]]
+                for metric in ("sensitivity", "specificity"):
+                    if metric in ci:
+                        row[metric] = ci[metric]["value"]
+                        row[f"{metric}_ci95"] = [ci[metric]["low"], ci[metric]["high"]]
             results[name] = row
-        threshold = float(self.network.threshold) if self.network is not None else float("nan")
-        served = self.network.served_map_name() if hasattr(self.network, "served_map_name") else None
         pixel = float(engine.state.metrics.get("pixel_auroc", float("nan")))  # from PixelAUROC, if attached
         record = {
             "title": self.title,
@@ -112,8 +130,21 @@ class EvaluationReport:
         atomic_write_json(record, self.output_dir / "metrics.json")
         lines = [f"### {self.title}", "", "| score | AUROC (%) | AP (%) | F1-max (%) |", "|---|---|---|---|"]
         for name, row in results.items():
-            f1 = f"{100 * row['f1_max']:.1f}" if "f1_max" in row else "n/a"
-            lines.append(f"| {self.labels.get(name, name)} | {100 * row['auroc']:.1f} | {100 * row['ap']:.1f} | {f1} |")
+            cells = [_cell(row, metric) for metric in ("auroc", "ap", "f1_max")]
+            lines.append(f"| {self.labels.get(name, name)} | " + " | ".join(cells) + " |")
+        if decided in results and "sensitivity" in results[decided]:
+            row = results[decided]
+            lines += [
+                "",
+                f"At the stored threshold ({threshold:.6g}, from validation normals), "
+                f"{self.labels.get(decided, decided)}: sensitivity {_cell(row, 'sensitivity')} %, "
+                f"specificity {_cell(row, 'specificity')} %.",
+            ]
+        if any("auroc_ci95" in row for row in results.values()):
+            lines += [
+                "",
+                f"[low, high]: stratified bootstrap 95% intervals ({self.bootstrap} resamples, seed {self.seed}).",
+            ]
         if np.isfinite(pixel):
             lines += ["", f"Pixel AUROC of the map against the lesion masks (all test pixels): {100 * pixel:.1f}."]
         lines += [
@@ -129,3 +160,24 @@ class EvaluationReport:
             plot_roc_curves(display, y, self.output_dir / "roc.png", title=self.title)
             plot_score_histograms(display, y, self.output_dir / "score_histograms.png")
         logging.getLogger("medad_monai").info(f"evaluation report in {self.output_dir}:\n{table}")
+
+
+def _cell(row: Mapping[str, Any], metric: str) -> str:
+    """``"83.8 [80.1, 87.0]"`` (percent, with the interval when there is one), or ``"n/a"``."""
+    if metric not in row:
+        return "n/a"
+    text = f"{100 * row[metric]:.1f}"
+    if f"{metric}_ci95" in row:
+        low, high = row[f"{metric}_ci95"]
+        text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    return text
+
+
+def _decided_score(network: nn.Module | None, served: str | None, names: Sequence[str]) -> str | None:
+    """The score name the model's decisions use: the map it serves (DDAD's ``refined`` is R_dual with a UDM, else
+    R_intra), else ``score``; ``None`` when the report has neither."""
+    if served == "refined":
+        served = "r_dual" if bool(getattr(network, "has_udm", False)) else "r_intra"
+    if served in names:
+        return served
+    return "score" if "score" in names else None

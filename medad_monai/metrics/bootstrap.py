@@ -1,0 +1,178 @@
+"""Stratified bootstrap confidence intervals of the image-level metrics, vectorised over resamples.
+
+A resample draws, with replacement and separately within each class, as many normal and as many anomalous images as
+the test set has (stratified: every resample keeps the class balance, so AUROC and AP are always defined). The
+metrics of all resamples are computed at once on a ``(resamples, images)`` matrix, with the same tie handling as
+:mod:`medad_monai.metrics.ranking` (ties count one half in AUROC; precision is read at the end of each group of tied
+scores in AP and F1-max), so a resample that is the test set itself gives exactly the exact metrics. 2000 resamples
+over 10,000 images take seconds on a CPU.
+
+The interval is the percentile interval (2.5% and 97.5% quantiles by default). :func:`paired_bootstrap` compares
+two scores of the same images (two maps of one model, or two models) on the same resamples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.stats import rankdata
+
+__all__ = [
+    "BOOTSTRAP_METRICS",
+    "bootstrap_ci",
+    "bootstrap_indices",
+    "paired_bootstrap",
+    "resampled_auroc",
+    "resampled_average_precision",
+    "resampled_f1_max",
+    "resampled_sensitivity",
+    "resampled_specificity",
+]
+
+
+def bootstrap_indices(labels: np.ndarray, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """``(resamples, n)`` image indices: each row draws the normals among the normals and the anomalous images among
+    the anomalous ones, with replacement (normals first, then anomalous images)."""
+    y = np.asarray(labels).ravel()
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for cls in (0, 1):
+        members = np.flatnonzero(y == cls)
+        if members.size == 0:
+            raise ValueError("a stratified bootstrap needs both normal and anomalous images")
+        parts.append(members[rng.integers(0, members.size, size=(resamples, members.size))])
+    return np.concatenate(parts, axis=1)
+
+
+def _sorted_rows(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows sorted by decreasing score: labels, cumulative true and false positives, and for each position the
+    index of the end of its group of tied scores (where precision and recall are read)."""
+    order = np.argsort(-s, axis=1, kind="stable")
+    s, y = np.take_along_axis(s, order, 1), np.take_along_axis(y, order, 1)
+    n = s.shape[1]
+    tps = np.cumsum(y, axis=1)
+    fps = np.arange(1, n + 1) - tps
+    last = np.ones_like(s, dtype=bool)
+    last[:, :-1] = s[:, :-1] != s[:, 1:]
+    ends = np.where(last, np.arange(n), n)
+    group_end = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]  # the first group end at or after i
+    return y, tps, fps, group_end
+
+
+def resampled_auroc(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """AUROC of each row of ``s`` (``(R, n)`` scores, ``y`` labels of the same shape): the Mann-Whitney statistic
+    with mid-ranks, equal to the trapezoidal ROC area with ties counted one half."""
+    ranks = rankdata(s, axis=1)  # mid-ranks: ties count one half
+    n_pos = y.sum(axis=1)
+    n_neg = y.shape[1] - n_pos
+    return ((ranks * y).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def resampled_average_precision(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """AP of each row: the mean over anomalous images of the precision at the end of their group of tied scores
+    (scikit-learn's ``sum_k (R_k - R_{k-1}) P_k`` over distinct thresholds)."""
+    ys, tps, fps, end = _sorted_rows(s, y)
+    precision = tps / (tps + fps)
+    at_end = np.take_along_axis(precision, end, 1)
+    return (ys * at_end).sum(axis=1) / ys.sum(axis=1)
+
+
+def resampled_f1_max(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The largest F1 over thresholds ``score >= t`` (at the ends of groups of tied scores) of each row."""
+    ys, tps, fps, end = _sorted_rows(s, y)
+    n_pos = ys.sum(axis=1, keepdims=True)
+    f1 = 2 * tps / (tps + fps + n_pos)
+    last = end == np.arange(s.shape[1])
+    return np.where(last, f1, 0.0).max(axis=1)
+
+
+def resampled_sensitivity(s: np.ndarray, y: np.ndarray, threshold: float) -> np.ndarray:
+    """The fraction of anomalous images scored above ``threshold`` (the model's decision ``score > threshold``)."""
+    return ((s > threshold) & (y == 1)).sum(axis=1) / (y == 1).sum(axis=1)
+
+
+def resampled_specificity(s: np.ndarray, y: np.ndarray, threshold: float) -> np.ndarray:
+    """The fraction of normal images scored at or below ``threshold``."""
+    return ((s <= threshold) & (y == 0)).sum(axis=1) / (y == 0).sum(axis=1)
+
+
+BOOTSTRAP_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "auroc": resampled_auroc,
+    "ap": resampled_average_precision,
+    "f1_max": resampled_f1_max,
+}
+
+
+def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(np.int64)
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in size")
+    if not np.all(np.isin(y, (0, 1))):
+        raise ValueError("labels must be 0 (normal) or 1 (anomalous)")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return s, y
+
+
+def bootstrap_ci(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Percentile confidence intervals of AUROC, AP and F1-max (and, with a finite ``threshold``, of the sensitivity
+    and specificity of the decision ``score > threshold``).
+
+    Returns:
+        ``{metric: {"value": on the test set, "low": ..., "high": ...}}``, plus ``"resamples"``, ``"level"`` and
+        ``"seed"`` under ``"bootstrap"``.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    s, y = _check(scores, labels)
+    idx = bootstrap_indices(y, resamples, seed)
+    rs, ry = s[idx], y[idx]
+    metrics = dict(BOOTSTRAP_METRICS)
+    if threshold is not None and np.isfinite(threshold):
+        metrics["sensitivity"] = lambda a, b: resampled_sensitivity(a, b, float(threshold))
+        metrics["specificity"] = lambda a, b: resampled_specificity(a, b, float(threshold))
+    tail = (1.0 - level) / 2.0
+    out: dict[str, dict[str, float]] = {}
+    for name, fn in metrics.items():
+        values = fn(rs, ry)
+        low, high = np.quantile(values, [tail, 1.0 - tail])
+        out[name] = {"value": float(fn(s[None], y[None])[0]), "low": float(low), "high": float(high)}
+    out["bootstrap"] = {"resamples": float(resamples), "level": float(level), "seed": float(seed)}
+    return out
+
+
+def paired_bootstrap(
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    labels: np.ndarray,
+    metric: str = "auroc",
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """The difference ``metric(a) - metric(b)`` of two scores of the same images, on the same stratified resamples:
+    its value, percentile interval and a two-sided p-value (twice the smaller fraction of resampled differences on
+    either side of zero, at most 1)."""
+    if metric not in BOOTSTRAP_METRICS:
+        raise ValueError(f"metric must be one of {sorted(BOOTSTRAP_METRICS)}, got {metric!r}")
+    a, y = _check(scores_a, labels)
+    b, _ = _check(scores_b, labels)
+    fn = BOOTSTRAP_METRICS[metric]
+    idx = bootstrap_indices(y, resamples, seed)
+    diff = fn(a[idx], y[idx]) - fn(b[idx], y[idx])
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(diff, [tail, 1.0 - tail])
+    p = min(1.0, 2.0 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
+    value = float(fn(a[None], y[None])[0] - fn(b[None], y[None])[0])
+    return {"difference": value, "low": float(low), "high": float(high), "p_value": p, "resamples": float(resamples)}

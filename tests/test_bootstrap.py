@@ -53,6 +53,16 @@ def test_intervals_contain_the_value_and_narrow_with_more_images():
         assert large[name]["high"] - large[name]["low"] < small[name]["high"] - small[name]["low"]
     s, y = _data(2000, 1.0)
     assert large["sensitivity"]["value"] == pytest.approx(np.mean(s[y == 1] > 0.5))
+    tp, fp, tn, fn = (
+        ((s > 0.5) & (y == 1)).sum(),
+        ((s > 0.5) & (y == 0)).sum(),
+        ((s <= 0.5) & (y == 0)).sum(),
+        ((s <= 0.5) & (y == 1)).sum(),
+    )
+    assert large["ppv"]["value"] == pytest.approx(tp / (tp + fp)) and large["npv"]["value"] == pytest.approx(
+        tn / (tn + fn)
+    )
+    assert large["ppv"]["low"] <= large["ppv"]["value"] <= large["ppv"]["high"]
     assert "sensitivity" not in bootstrap_ci(s, y, threshold=float("nan"), resamples=10)
 
 

@@ -109,7 +109,7 @@ class EvaluationReport:
                 ci = bootstrap_ci(s, y, threshold if name == decided else None, self.bootstrap, self.seed or 0)
                 for metric in ("auroc", "ap", "f1_max"):
                     row[f"{metric}_ci95"] = [ci[metric]["low"], ci[metric]["high"]]
-                for metric in ("sensitivity", "specificity"):
+                for metric in ("sensitivity", "specificity", "ppv", "npv"):
                     if metric in ci:
                         row[metric] = ci[metric]["value"]
                         row[f"{metric}_ci95"] = [ci[metric]["low"], ci[metric]["high"]]
@@ -138,7 +138,8 @@ class EvaluationReport:
                 "",
                 f"At the stored threshold ({threshold:.6g}, from validation normals), "
                 f"{self.labels.get(decided, decided)}: sensitivity {_cell(row, 'sensitivity')} %, "
-                f"specificity {_cell(row, 'specificity')} %.",
+                f"specificity {_cell(row, 'specificity')} %, PPV {_cell(row, 'ppv')} %, NPV {_cell(row, 'npv')} % "
+                "(PPV and NPV at this test set's prevalence).",
             ]
         if any("auroc_ci95" in row for row in results.values()):
             lines += [

@@ -26,6 +26,8 @@ __all__ = [
     "resampled_auroc",
     "resampled_average_precision",
     "resampled_f1_max",
+    "resampled_npv",
+    "resampled_ppv",
     "resampled_sensitivity",
     "resampled_specificity",
 ]
@@ -99,6 +101,22 @@ def resampled_specificity(s: np.ndarray, y: np.ndarray, threshold: float) -> np.
     return ((s <= threshold) & (y == 0)).sum(axis=1) / (y == 0).sum(axis=1)
 
 
+def resampled_ppv(s: np.ndarray, y: np.ndarray, threshold: float) -> np.ndarray:
+    """Positive predictive value of ``score > threshold`` at the test set's prevalence (NaN without a positive
+    decision)."""
+    flagged = s > threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (flagged & (y == 1)).sum(axis=1) / flagged.sum(axis=1)
+
+
+def resampled_npv(s: np.ndarray, y: np.ndarray, threshold: float) -> np.ndarray:
+    """Negative predictive value of ``score <= threshold`` at the test set's prevalence (NaN without a negative
+    decision)."""
+    cleared = s <= threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (cleared & (y == 0)).sum(axis=1) / cleared.sum(axis=1)
+
+
 BOOTSTRAP_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "auroc": resampled_auroc,
     "ap": resampled_average_precision,
@@ -126,8 +144,8 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, dict[str, float]]:
-    """Percentile confidence intervals of AUROC, AP and F1-max (and, with a finite ``threshold``, of the sensitivity
-    and specificity of the decision ``score > threshold``).
+    """Percentile confidence intervals of AUROC, AP and F1-max (and, with a finite ``threshold``, of the sensitivity,
+    specificity, PPV and NPV of the decision ``score > threshold``; PPV and NPV at the test set's prevalence).
 
     Returns:
         ``{metric: {"value": on the test set, "low": ..., "high": ...}}``, plus ``"resamples"``, ``"level"`` and
@@ -140,13 +158,17 @@ def bootstrap_ci(
     rs, ry = s[idx], y[idx]
     metrics = dict(BOOTSTRAP_METRICS)
     if threshold is not None and np.isfinite(threshold):
-        metrics["sensitivity"] = lambda a, b: resampled_sensitivity(a, b, float(threshold))
-        metrics["specificity"] = lambda a, b: resampled_specificity(a, b, float(threshold))
+        t = float(threshold)
+        metrics["sensitivity"] = lambda a, b: resampled_sensitivity(a, b, t)
+        metrics["specificity"] = lambda a, b: resampled_specificity(a, b, t)
+        metrics["ppv"] = lambda a, b: resampled_ppv(a, b, t)
+        metrics["npv"] = lambda a, b: resampled_npv(a, b, t)
     tail = (1.0 - level) / 2.0
     out: dict[str, dict[str, float]] = {}
     for name, fn in metrics.items():
         values = fn(rs, ry)
-        low, high = np.quantile(values, [tail, 1.0 - tail])
+        values = values[np.isfinite(values)]  # PPV/NPV of a resample without such a decision are undefined
+        low, high = np.quantile(values, [tail, 1.0 - tail]) if values.size else (float("nan"), float("nan"))
         out[name] = {"value": float(fn(s[None], y[None])[0]), "low": float(low), "high": float(high)}
     out["bootstrap"] = {"resamples": float(resamples), "level": float(level), "seed": float(seed)}
     return out

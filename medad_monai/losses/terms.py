@@ -9,6 +9,7 @@ epoch.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 from torch import Tensor, nn
@@ -29,5 +30,6 @@ class TermsLoss(nn.Module):
         self.terms = {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
         return loss
 
-    def forward(self, pred: Any, target: Any = None) -> Tensor:  # pragma: no cover - every method overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, pred: Any, target: Any = None) -> Tensor:
+        """The method's loss of ``pred`` (what its network's training method returned); calls :meth:`_record`."""

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import rankdata
 
+from medad_monai.metrics.ranking import check_scores
+
 __all__ = [
     "BOOTSTRAP_METRICS",
     "bootstrap_ci",
@@ -124,18 +126,6 @@ BOOTSTRAP_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel().astype(np.int64)
-    if s.shape != y.shape:
-        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in size")
-    if not np.all(np.isin(y, (0, 1))):
-        raise ValueError("labels must be 0 (normal) or 1 (anomalous)")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain NaN or infinite values")
-    return s, y
-
-
 def bootstrap_ci(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -153,7 +143,7 @@ def bootstrap_ci(
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    s, y = _check(scores, labels)
+    s, y = check_scores(scores, labels)
     idx = bootstrap_indices(y, resamples, seed)
     rs, ry = s[idx], y[idx]
     metrics = dict(BOOTSTRAP_METRICS)
@@ -188,8 +178,8 @@ def paired_bootstrap(
     either side of zero, at most 1)."""
     if metric not in BOOTSTRAP_METRICS:
         raise ValueError(f"metric must be one of {sorted(BOOTSTRAP_METRICS)}, got {metric!r}")
-    a, y = _check(scores_a, labels)
-    b, _ = _check(scores_b, labels)
+    a, y = check_scores(scores_a, labels)
+    b, _ = check_scores(scores_b, labels)
     fn = BOOTSTRAP_METRICS[metric]
     idx = bootstrap_indices(y, resamples, seed)
     diff = fn(a[idx], y[idx]) - fn(b[idx], y[idx])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["average_precision", "f1_max", "roc_auc", "roc_curve"]
+__all__ = ["average_precision", "check_scores", "f1_max", "roc_auc", "roc_curve"]
 
 
-def _prepare(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as float64 and labels as 0/1 int64, flat; a clear error on other labels, sizes or non-finite scores."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel().astype(np.int64)
     if s.shape != y.shape:
@@ -31,7 +32,7 @@ def _counts_at_distinct_thresholds(s: np.ndarray, y: np.ndarray) -> tuple[np.nda
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False and true positive rates at every distinct threshold (starting at (0, 0)), and the thresholds."""
-    s, y = _prepare(scores, labels)
+    s, y = check_scores(scores, labels)
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("ROC needs both normal and anomalous images")
@@ -48,7 +49,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """AP = sum_k (R_k - R_{k-1}) P_k over distinct thresholds (scikit-learn's definition)."""
-    s, y = _prepare(scores, labels)
+    s, y = check_scores(scores, labels)
     if y.sum() == 0:
         raise ValueError("average precision needs at least one anomalous image")
     tps, fps, _ = _counts_at_distinct_thresholds(s, y)
@@ -59,7 +60,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Maximum F1 over all thresholds ``score >= t`` and the threshold that reaches it, exactly from sorted scores."""
-    s, y = _prepare(scores, labels)
+    s, y = check_scores(scores, labels)
     if y.sum() == 0:
         raise ValueError("F1 needs at least one anomalous image")
     tps, fps, thr = _counts_at_distinct_thresholds(s, y)

@@ -1,5 +1,5 @@
-"""The ``medad-monai`` command (python-fire): demo data, the D²4FAD grid, the anomalib comparison and benchmark,
-versions."""
+"""The ``medad-monai`` command (python-fire): demo data, the D²4FAD grid, the anomalib comparison and benchmark, the
+HTML report of an evaluation, versions."""
 
 from __future__ import annotations
 
@@ -178,6 +178,23 @@ class Commands:
             report = Path(out, "results.md")
             if report.is_file():
                 print(report.read_text())
+
+    def report(self, run_dir: str, out: str | None = None, resamples: int = 1000) -> None:
+        """Write the HTML report of an evaluation folder (the bundle's ``eval/``) and print its path.
+
+        One self-contained page (default ``RUN_DIR/report.html``; ``--out FILE`` elsewhere): metrics with 95%
+        intervals, operating points, score comparisons, pixel metrics, ROC and precision-recall curves with bootstrap
+        bands (``--resamples``), score histograms with the threshold, the threshold's calibration, the galleries of
+        the most confident errors (when the evaluation wrote ``gallery/``) and the provenance. Plots are embedded;
+        the page loads nothing from a network.
+        """
+        from medad_monai.html_report import write_html_report
+
+        try:
+            path = write_html_report(run_dir, out, resamples=resamples)
+        except (FileNotFoundError, ValueError) as err:  # a wrong folder is the user's to fix: the message, no trace
+            raise SystemExit(f"medad-monai report: {err}") from err
+        print(path)
 
     def versions(self) -> None:
         """Print the package versions and platform that results are recorded with."""

@@ -112,3 +112,43 @@ def bundle_inference(bundle: Path, inputs: Path, out: Path, **override) -> dict[
         }
         for r in rows
     }
+
+
+def check_evaluation_report(eval_dir: Path, out: Path, k: int = 6) -> dict[str, Any]:
+    """Check a bundle evaluation's error gallery against its image scores, then write its HTML report to ``out``
+    and open it in headless chromium (tests/browser.py; skipped without a browser). Returns what it saw.
+
+    The gallery keeps the ``k`` highest-scored normals and ``k`` lowest-scored anomalous images by the score the
+    model decides on, which ``image_scores.csv`` records independently (the score writer), so the two must agree.
+    """
+    import json
+
+    import pytest
+    from browser import check_page
+
+    from medad_monai.html_report import decided_score, read_image_scores, write_html_report
+
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    table = read_image_scores(eval_dir / "image_scores.csv", metrics["results"])
+    decided = decided_score(metrics, table.scores)
+    assert decided is not None, metrics.keys()
+    gallery = json.loads((eval_dir / "gallery" / "gallery.json").read_text())
+    scores, files = table.scores[decided], np.asarray(table.files)
+    by_file = dict(zip(table.files, scores))
+    for label, kinds, sign in (
+        (0, {"false_positive", "hardest_normal"}, -1),
+        (1, {"false_negative", "hardest_anomalous"}, 1),
+    ):
+        members = table.labels == label
+        expected = files[members][np.argsort(sign * scores[members], kind="stable")][:k]
+        assert {r["file"] for r in gallery if r["kind"] in kinds} == set(expected), (label, gallery)
+    for r in gallery:
+        assert r["score"] == pytest.approx(by_file[r["file"]], rel=1e-4, abs=1e-6)
+        assert r["threshold"] == pytest.approx(metrics["threshold"])
+        assert (r["kind"] in ("false_positive", "hardest_anomalous")) == (r["score"] > r["threshold"])
+        assert (eval_dir / "gallery" / r["png"]).stat().st_size > 0
+    page = write_html_report(eval_dir, out, resamples=200)
+    assert page == out and 'id="gallery"' in out.read_text()
+    check = check_page(out, screenshot=out.with_suffix(".png"))
+    assert check.problems(min_images=2 + len(gallery)) == []  # at least the curves and histograms, and the gallery
+    return {"images": len(check.images), "gallery": len(gallery), "decided": decided}

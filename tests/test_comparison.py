@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from medad_monai.comparison.data import comparison_data
-from medad_monai.comparison.runner import bundle_overrides, compare_with_anomalib, summarize
+from medad_monai.comparison.runner import bundle_overrides, compare_with_anomalib, method_comparisons, summarize
 from medad_monai.metrics.ranking import roc_auc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,6 +206,26 @@ def test_compare_a_few_shot_bundle_end_to_end(tmp_path):
     assert records["bundle"]["threshold"] == pytest.approx(float(stored))
     report = (tmp_path / "results.md").read_text()
     assert "few-shot" in report and "| patchcore |" in report and "x1.00" in report
-    assert json.loads((tmp_path / "results.json").read_text())["provenance"]["anomalib"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["provenance"]["anomalib"]
+    # the bundle against each baseline on the same images: a paired bootstrap and DeLong's test each
+    assert [(c["b"], c["method"]) for c in saved["comparisons"]] == [
+        (m, test) for m in ("reverse_distillation", "patchcore") for test in ("paired bootstrap", "DeLong")
+    ]
+    assert "| bundle - patchcore |" in report
     for picture in ("roc.png", "score_histograms.png"):
         assert (tmp_path / picture).stat().st_size > 1000
+
+
+def test_method_comparisons_pair_the_same_images_only():
+    labels = [0, 0, 0, 1, 1, 1]
+    files = [f"{i}.png" for i in range(6)]
+    bundle = {"method": "bundle", "scores": [0.1, 0.2, 0.3, 0.7, 0.8, 0.9], "labels": labels, "files": files}
+    rd = {"method": "reverse_distillation", "scores": [0.5, 0.2, 0.3, 0.4, 0.8, 0.1], "labels": labels, "files": files}
+    comparisons = method_comparisons([bundle, rd], resamples=500, seed=0)
+    assert [c["method"] for c in comparisons] == ["paired bootstrap", "DeLong"]
+    # AUROC 1.0 against 5/9 (rd ranks 0.4 and 0.1 among the anomalies below 0.5 and 0.2, 0.3 of the normals)
+    assert all(c["difference"] == pytest.approx(1.0 - 5 / 9) for c in comparisons)
+    shuffled = dict(rd, files=files[::-1], labels=labels[::-1], scores=rd["scores"][::-1])
+    with pytest.raises(ValueError, match="reverse_distillation was not tested on the bundle's test images"):
+        method_comparisons([bundle, shuffled])

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import bundle_workflow, export_torchscript, offline_schema, train_bundle
+from bundle_testing import bundle_workflow, check_evaluation_report, export_torchscript, offline_schema, train_bundle
 from monai.bundle import verify_metadata, verify_net_in_out
 from monai.transforms import Compose, ScaleIntensityd
 from PIL import Image
@@ -247,3 +247,11 @@ def test_tiny_grid_writes_the_table(tmp_path, capsys):
     lines = (tmp_path / "grid" / "results.csv").read_text().splitlines()
     assert lines[0] == "target,k,auroc,ap,seconds" and lines[1].startswith("brain_mr,2,")
     assert not (tmp_path / "grid" / "brain_mr_k2" / "models" / "model.pt").exists()
+
+
+def test_html_report_of_the_evaluation_loads_in_a_browser(trained, tmp_path):
+    """Evaluate into a fresh folder with the bundle's ErrorGallery, write the HTML report, open it in chromium."""
+    out = tmp_path / "eval"
+    _workflow([TRAIN, EVALUATE], run_id="evaluating", bundle_root=str(trained), output_dir=str(out), **TINY).run()
+    seen = check_evaluation_report(out, tmp_path / "report.html")
+    assert seen["decided"] == "score" and seen["gallery"] == 12

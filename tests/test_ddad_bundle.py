@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import bundle_workflow, export_torchscript, offline_schema, train_bundle
+from bundle_testing import bundle_workflow, check_evaluation_report, export_torchscript, offline_schema, train_bundle
 from monai.bundle import verify_metadata, verify_net_in_out
 from PIL import Image
 
@@ -72,6 +72,17 @@ def test_evaluate_reports_every_score(trained):
         assert row["auroc_ci95"][0] <= row["auroc"] <= row["auroc_ci95"][1]
     decided = [name for name, row in record["results"].items() if "sensitivity" in row]
     assert len(decided) == 1  # only the served map's score is thresholded
+    assert record["decided_score"] == decided[0]
+    # the validation normals the threshold came from travel in the model; at the calibration quantile (0.95) the
+    # target-specificity threshold is the stored one, and its test figures are the decided score's
+    assert record["calibration"]["n"] >= 2 and record["calibration"]["quantile"] == 0.95
+    point = next(p for p in record["operating_points"] if p["target_specificity"] == 0.95)
+    assert point["threshold"] == pytest.approx(record["threshold"], rel=1e-5)
+    assert point["sensitivity"] == pytest.approx(record["results"][decided[0]]["sensitivity"])
+    assert {c["b"] for c in record["comparisons"]} == set(record["results"]) - {decided[0]}
+    # the served map against the demo lesion masks, from the same pass as the scores
+    assert set(record["pixel"]) == {"auroc", "ap", "best_dice", "best_dice_threshold", "aupro"}
+    assert 0.0 <= record["pixel"]["aupro"] <= 1.0 and record["pixel_auroc"] == record["pixel"]["auroc"]
     assert record["provenance"]["seed"] == 0 and record["provenance"]["versions"]["monai"]
     assert record["data"] == {"n_images": 64, "n_normal": 32, "n_anomalous": 32}
     for name in ("roc.png", "score_histograms.png", "results.md", "image_scores.csv", "metrics.csv"):
@@ -189,3 +200,12 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_html_report_of_the_evaluation_loads_in_a_browser(trained, tmp_path):
+    """Evaluate into a fresh folder with the bundle's ErrorGallery (it reads the served map DDAD's evaluation outputs
+    beside the scores), write the HTML report and open it in headless chromium."""
+    out = tmp_path / "eval"
+    _workflow([TRAIN, EVALUATE], run_id="evaluating", bundle_root=str(trained), output_dir=str(out), **TINY).run()
+    seen = check_evaluation_report(out, tmp_path / "report.html")
+    assert seen["decided"] == "r_dual" and seen["gallery"] == 12  # the demo data has a UDM: R_dual decides

@@ -257,3 +257,21 @@ def test_auto_selection_judges_each_score_on_images_its_models_never_saw():
     assert record["n_pool"] == {"refined": 4, "rec": 9, "intra": 9, "inter": 4} and record["n_normal"] == 6
     assert record["chosen"] in OUTPUT_MAPS and model.served_map_name() == record["chosen"]
     assert set(record["values"]) == {"refined", "rec", "intra", "inter"}
+
+
+@pytest.mark.parametrize("served", ["refined", "rec", "intra", "inter"])
+def test_evaluation_outputs_are_the_image_scores_and_the_served_map(served):
+    torch.manual_seed(0)
+    model = DDAD(backbone="ae", num_members=2, image_size=64).eval()
+    model.has_udm.fill_(True)
+    model.set_served_map(served)
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        out = model.evaluation_outputs(x)
+        scores = model.image_scores(x)
+        assert set(out) == set(scores) | {"map"}
+        for name, value in scores.items():
+            assert torch.allclose(out[name], value)
+        assert torch.allclose(out["map"], model(x))  # the map it serves, from the same pass
+        model.has_udm.fill_(False)  # without a UDM: R_intra for "refined", A_intra for "inter", as forward does
+        assert torch.allclose(model.evaluation_outputs(x)["map"], model(x))

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medad_monai"
 LAYERS: list[set[str]] = [
     {"errors", "io", "rng", "provenance", "scores", "options", "bundle", "benchmarking", "distributed"},
     {"networks", "losses", "anomaly_maps"},
-    {"data", "transforms", "metrics", "visualize"},
+    {"data", "transforms", "metrics", "visualize", "html_report"},
     {"handlers", "engines"},
     {"inference"},
     {"label", "deploy", "comparison"},

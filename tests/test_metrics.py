@@ -64,12 +64,12 @@ def test_metrics_reject_bad_input():
 
 
 def _run_pixel_auroc(items: list[tuple[np.ndarray, np.ndarray, int]]) -> float:
-    """Run PixelAUROC on an Ignite engine whose decollated output holds the maps and whose batch holds the masks
+    """Run PixelMetrics on an Ignite engine whose decollated output holds the maps and whose batch holds the masks
     (where MONAI's postprocessing leaves input keys)."""
     import torch
     from ignite.engine import Engine
 
-    from medad_monai.handlers.pixel_metrics import PixelAUROC
+    from medad_monai.handlers.pixel_metrics import PixelMetrics
 
     def step(engine, item):
         amap, mask, label = item
@@ -77,7 +77,7 @@ def _run_pixel_auroc(items: list[tuple[np.ndarray, np.ndarray, int]]) -> float:
         return [{"pred": torch.as_tensor(amap)[None], "label": torch.tensor(label)}]
 
     engine = Engine(step)
-    PixelAUROC().attach(engine)
+    PixelMetrics().attach(engine)
     engine.run(items, max_epochs=1)
     return engine.state.metrics["pixel_auroc"]
 

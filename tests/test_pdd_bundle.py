@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import bundle_workflow, export_torchscript, offline_schema, train_bundle
+from bundle_testing import bundle_workflow, check_evaluation_report, export_torchscript, offline_schema, train_bundle
 from monai.bundle import verify_metadata, verify_net_in_out
 from PIL import Image
 
@@ -87,7 +87,10 @@ def test_brief_training_ranks_anomalies_above_normals(trained):
     assert row["ap"] > 0.55, row
     # localisation: the map's pixels against the demo lesion masks (chance 0.5; measured 0.91)
     assert 0.8 < record["pixel_auroc"] <= 1.0, record["pixel_auroc"]
-    assert "Pixel AUROC" in (trained / "eval" / "results.md").read_text()
+    assert record["pixel"]["auroc"] == record["pixel_auroc"]
+    assert 0.0 < record["pixel"]["ap"] <= 1.0 and 0.0 < record["pixel"]["best_dice"] <= 1.0
+    assert 0.0 <= record["pixel"]["aupro"] <= 1.0
+    assert "Pixel metrics of the map against the lesion masks" in (trained / "eval" / "results.md").read_text()
 
 
 def test_inference_writes_maps_and_scores_for_png_dicom_nifti(trained, mixed_folder):
@@ -142,3 +145,9 @@ def test_ckpt_export_torchscript_equals_eager(trained, tmp_path):
     with torch.no_grad():
         assert (scripted(x) - eager(x)).abs().max().item() <= 1e-5
     assert float(scripted.threshold) == pytest.approx(float(eager.threshold))  # the threshold travels along
+
+
+def test_html_report_of_the_evaluation_loads_in_a_browser(trained, tmp_path):
+    """The fixture's evaluation ran the bundle's ErrorGallery; its HTML report loads cleanly in headless chromium."""
+    seen = check_evaluation_report(trained / "eval", tmp_path / "report.html")
+    assert seen["decided"] == "score" and seen["gallery"] == 12  # 6 normals, 6 anomalous of 32 each

@@ -28,6 +28,7 @@ from medad_monai.bundle import resolve_bundle_root
 from medad_monai.comparison.baselines import BASELINES
 from medad_monai.comparison.worker import BUNDLE
 from medad_monai.io import atomic_write_json, atomic_write_text
+from medad_monai.metrics.paired import compare_aurocs
 from medad_monai.metrics.ranking import average_precision, f1_max, roc_auc
 from medad_monai.provenance import provenance
 from medad_monai.visualize import plot_roc_curves, plot_score_histograms
@@ -112,6 +113,33 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     row["score_auroc"] = evaluation.get("auroc")  # every score of the bundle's own evaluation (DDAD: five)
     row["served_map"] = evaluation.get("served_map")
     return row
+
+
+def method_comparisons(records: Sequence[dict[str, Any]], resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """The bundle's AUROC minus each baseline's on the same test images (paired bootstrap and DeLong,
+    :func:`~medad_monai.metrics.paired.compare_aurocs`); empty without a bundle record."""
+    bundle = next((r for r in records if r["method"] == BUNDLE), None)
+    if bundle is None:
+        return []
+    labels = np.asarray(bundle["labels"])
+    out = []
+    for other in (r for r in records if r is not bundle):
+        if list(other["files"]) != list(bundle["files"]) or list(other["labels"]) != list(bundle["labels"]):
+            raise ValueError(f"{other['method']} was not tested on the bundle's test images in the same order")
+        tests = compare_aurocs(np.asarray(bundle["scores"]), np.asarray(other["scores"]), labels, resamples, seed)
+        out += [{"a": BUNDLE, "b": other["method"], **test} for test in tests]
+    return out
+
+
+def format_comparisons(comparisons: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`method_comparisons`."""
+    if not comparisons:
+        return ""
+    lines = ["", "| AUROC difference (%) | value [95% CI] | p | test |", "|---|---|---|---|"]
+    for c in comparisons:
+        interval = f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+        lines.append(f"| {c['a']} - {c['b']} | {interval} | {c['p_value']:.3g} | {c['method']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _percent(value: float | None) -> str:
@@ -295,7 +323,8 @@ def write_report(out: Path, records: list[dict[str, Any]], spec: dict[str, Any])
     data = records[0]["data"]
     title = f"{name} vs anomalib on {data['dataset']} ({data['setting']}, {data['image_size']} px)"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    text = format_results(rows, title)
+    comparisons = method_comparisons(records, seed=int(spec["seed"]))
+    text = format_results(rows, title) + format_comparisons(comparisons)
     text += (
         f"\nData: {data['train_images']} training normals, {data['calibration_images']} calibration normals, "
         f"{data['test_images']} test images ({data['test_anomalous']} anomalous). Thresholds: the "
@@ -308,7 +337,12 @@ def write_report(out: Path, records: list[dict[str, Any]], spec: dict[str, Any])
     keys += ["peak_rss_mb", "cuda_peak_mb"]
     atomic_write_text(format_csv(rows, keys), out / "results.csv")
     atomic_write_json(
-        {"rows": rows, "spec": spec, "provenance": provenance(spec["seed"], anomalib=anomalib_version())},
+        {
+            "rows": rows,
+            "comparisons": comparisons,
+            "spec": spec,
+            "provenance": provenance(spec["seed"], anomalib=anomalib_version()),
+        },
         out / "results.json",
     )
     labels = np.asarray(records[0]["labels"])

@@ -35,9 +35,9 @@ from medad_monai.comparison.data import (
     load_batch,
     load_masks,
 )
-from medad_monai.handlers.threshold import quantile_threshold
 from medad_monai.inference.bundle_model import load_bundle_model
 from medad_monai.io import atomic_write_json
+from medad_monai.metrics.operating_points import quantile_threshold
 from medad_monai.metrics.ranking import roc_auc
 from medad_monai.provenance import seed_everything
 

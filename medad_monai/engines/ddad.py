@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from medad_monai.distributed import is_rank_zero
+from medad_monai.handlers.tracking import RunTracking
 from medad_monai.io import atomic_torch_save, atomic_write_json, remove_stale_temporaries
 from medad_monai.metrics.refinement_checks import is_non_decreasing, pixel_separation, probe_response
 from medad_monai.metrics.score_selection import pool_separation, select_score
@@ -216,6 +217,9 @@ class DDADTraining:
         resume: continue an interrupted run after its last finished stage: the stage file's network and random
             number generator states are loaded and the finished stages skipped, so the result equals an
             uninterrupted run of the same seed. Without a stage file the run starts from the beginning.
+        tracking: experiment tracking (``--tracking mlflow``) of ``train#handlers``: every stage that runs and the
+            calibration record into one run (MONAI attaches its handler to the NDM trainer alone and would end the
+            run with it), which ends once the model is saved.
     """
 
     def __init__(
@@ -234,6 +238,7 @@ class DDADTraining:
         report_path: str | os.PathLike | None = None,
         batch_size: int = 16,
         resume: bool = False,
+        tracking: RunTracking | None = None,
     ) -> None:
         if not isinstance(resume, bool):
             raise ValueError(f"--resume must be true or false, got {resume!r}")
@@ -247,6 +252,7 @@ class DDADTraining:
         self.report_path = report_path or os.path.join(os.path.dirname(os.fspath(save_path)), "training_report.json")
         self.batch_size = int(batch_size)
         self.resume = resume
+        self.tracking = tracking
         self.report: dict[str, Any] = {}
 
     def stage_path(self, stage: str) -> str:
@@ -372,6 +378,9 @@ class DDADTraining:
             stages = self._resume(stages)
         for name in stages:
             trainer = trainers[name]
+            if self.tracking is not None:
+                self.tracking.follow(trainer)
+                self.tracking.keep_open(trainer)
             if name == "ASR" and self.network.refine_input == "saturate":
                 self._fit_refinement_input()
             _check_loader(trainer, f"DDAD {name} stage")
@@ -398,3 +407,5 @@ class DDADTraining:
         self._publish()
         if is_rank_zero():
             atomic_write_json(self.report, self.report_path)
+        if self.tracking is not None:
+            self.tracking.close()

@@ -26,14 +26,24 @@ def step_terms(engine: Engine) -> dict[str, torch.Tensor]:
 
 
 class LossTermsLogger:
-    """Averages the terms of the training loss (:func:`step_terms`) over each epoch.
+    """Averages the terms of the training loss (:func:`step_terms`, which include the total ``loss``) over each
+    epoch.
 
-    The averages are logged (``logger_name``) and stored in ``engine.state.metrics`` as ``train_<term>`` so that
-    StatsHandler/TensorBoard/MLflow handlers see them.
+    The averages are logged (``logger_name``) and stored in ``engine.state.metrics`` as ``<prefix><term>`` (e.g.
+    ``epoch_loss``, ``epoch_prior``), which MONAI's ``MLFlowHandler`` and ``TensorBoardStatsHandler`` record every
+    epoch.
+
+    Args:
+        tag: label of the log line (e.g. ``"NDM"``).
+        logger_name: logger of the log line.
+        prefix: of the metric names. Not ``train_``: MONAI's MLflow settings record the loss of every iteration as
+            ``train_loss``, and a metric of the same name would mix iteration and epoch steps. Trainers that record
+            into the same run need different prefixes (DDAD: ``ndm_epoch_``, ``udm_epoch_``, ``asr_epoch_``).
     """
 
-    def __init__(self, tag: str = "", logger_name: str = "medad_monai") -> None:
+    def __init__(self, tag: str = "", logger_name: str = "medad_monai", prefix: str = "epoch_") -> None:
         self.tag = tag
+        self.prefix = prefix
         self.logger = logging.getLogger(logger_name)
         self._sums: dict[str, float] = defaultdict(float)
         self._count = 0
@@ -60,6 +70,6 @@ class LossTermsLogger:
             return
         means = {name: total / self._count for name, total in self._sums.items()}
         for name, value in means.items():
-            engine.state.metrics[f"train_{name}"] = value
+            engine.state.metrics[f"{self.prefix}{name}"] = value
         terms = "  ".join(f"{k}: {v:.5f}" for k, v in means.items())
         self.logger.info(f"{self.tag} epoch {engine.state.epoch}/{engine.state.max_epochs}  {terms}")

@@ -16,7 +16,10 @@ from torch import nn
 
 from medad_monai.io import atomic_write_json, atomic_write_text
 from medad_monai.metrics.bootstrap import bootstrap_ci
+from medad_monai.metrics.operating_points import DEFAULT_TARGET_SPECIFICITIES, specificity_operating_points
+from medad_monai.metrics.paired import compare_aurocs
 from medad_monai.metrics.ranking import f1_max
+from medad_monai.networks.calibration import calibration_scores
 from medad_monai.provenance import provenance
 from medad_monai.visualize import plot_roc_curves, plot_score_histograms
 
@@ -26,13 +29,22 @@ __all__ = ["EvaluationReport"]
 class EvaluationReport:
     """Writes ``metrics.json`` (metrics, seed, versions, data summary), ``results.md`` (a table with one row per
     score, as the papers' result tables), ``roc.png`` and ``score_histograms.png`` into ``output_dir``. The pixel
-    AUROC of :class:`~medad_monai.handlers.pixel_metrics.PixelAUROC` is added when that handler is attached first.
+    AUROC of :class:`~medad_monai.handlers.pixel_metrics.PixelMetrics` is added when that handler is attached first.
 
     AUROC and AP are read from ``engine.state.metrics`` (``<score>_auroc``, ``<score>_ap``, computed by MONAI's
     handlers, see :class:`~medad_monai.handlers.score_metrics.ScoreMetrics`); F1-max is computed exactly here. Each
     comes with a stratified bootstrap 95% confidence interval (:func:`~medad_monai.metrics.bootstrap.bootstrap_ci`,
     ``bootstrap`` resamples seeded by ``seed``), and the score the model decides on (its served map, or ``score``)
     with the sensitivity and specificity of its decisions at the stored threshold and their intervals.
+
+    From the validation-normal scores the model stored when its threshold was calibrated
+    (:mod:`medad_monai.networks.calibration`) it reports the threshold each target specificity needs, with its
+    interval over those normals, and the test sensitivity and specificity there
+    (:func:`~medad_monai.metrics.operating_points.specificity_operating_points`). Every other score is compared with
+    the decided one: the AUROC difference by a paired bootstrap and by DeLong's test
+    (:func:`~medad_monai.metrics.paired.compare_aurocs`). Pixel metrics (``pixel_*`` in
+    ``engine.state.metrics``, from :class:`~medad_monai.handlers.pixel_metrics.PixelMetrics`) are added when that
+    handler is attached first.
 
     Args:
         output_dir: folder of the report.
@@ -46,6 +58,8 @@ class EvaluationReport:
         include: JSON files to embed in ``metrics.json`` under their key when they exist (e.g. the training
             report with label-free checks and choices, ``{"training": ".../training_report.json"}``).
         bootstrap: resamples of the confidence intervals (0: none).
+        target_specificities: specificities to report thresholds for (from the stored validation normals).
+        threshold_quantile: the quantile the stored threshold was calibrated at (recorded with the calibration).
     """
 
     def __init__(
@@ -60,6 +74,8 @@ class EvaluationReport:
         extra: Mapping[str, Any] | None = None,
         include: Mapping[str, str | os.PathLike] | None = None,
         bootstrap: int = 2000,
+        target_specificities: Sequence[float] = DEFAULT_TARGET_SPECIFICITIES,
+        threshold_quantile: float | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.score_names, self.labels = list(score_names), dict(labels or {})
@@ -69,6 +85,10 @@ class EvaluationReport:
         if bootstrap < 0:
             raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
         self.bootstrap = int(bootstrap)
+        self.target_specificities = [float(v) for v in target_specificities]
+        if any(not 0.0 < v < 1.0 for v in self.target_specificities):
+            raise ValueError(f"target specificities must be in (0, 1), got {self.target_specificities}")
+        self.threshold_quantile = threshold_quantile
         self.scores: dict[str, list[float]] = {}
         self.y: list[int] = []
 
@@ -114,13 +134,43 @@ class EvaluationReport:
                         row[metric] = ci[metric]["value"]
                         row[f"{metric}_ci95"] = [ci[metric]["low"], ci[metric]["high"]]
             results[name] = row
-        pixel = float(engine.state.metrics.get("pixel_auroc", float("nan")))  # from PixelAUROC, if attached
+        seed = self.seed or 0
+        normals = calibration_scores(self.network) if self.network is not None else np.zeros(0)
+        calibration = {
+            "scores": normals.tolist(),
+            "threshold": threshold,
+            "quantile": self.threshold_quantile,
+            "n": int(normals.size),
+        }
+        operating_points: list[dict[str, Any]] = []
+        if decided in results and both_classes and normals.size and self.target_specificities:
+            s = np.asarray(self.scores[decided])
+            targets = self.target_specificities
+            operating_points = specificity_operating_points(normals, s, y, targets, self.bootstrap, seed)
+        comparisons = []
+        if decided in results and both_classes:
+            for other in (n for n in names if n != decided):
+                a, b = np.asarray(self.scores[decided]), np.asarray(self.scores[other])
+                if np.isfinite(a).all() and np.isfinite(b).all():
+                    for test in compare_aurocs(a, b, y, self.bootstrap, seed):
+                        comparisons.append({"a": decided, "b": other, **test})
+        # from PixelMetrics, if attached: pixel_auroc, pixel_ap, pixel_best_dice(_threshold), pixel_aupro
+        pixel = {
+            key[len("pixel_") :]: float(value)
+            for key, value in engine.state.metrics.items()
+            if key.startswith("pixel_") and np.isfinite(float(value))
+        }
         record = {
             "title": self.title,
             "results": results,
-            **({"pixel_auroc": pixel} if np.isfinite(pixel) else {}),
+            **({"pixel_auroc": pixel["auroc"]} if "auroc" in pixel else {}),
+            **({"pixel": pixel} if pixel else {}),
             "threshold": threshold,
+            "decided_score": decided,
             **({"served_map": served} if served else {}),
+            **({"calibration": calibration} if normals.size else {}),
+            **({"operating_points": operating_points} if operating_points else {}),
+            **({"comparisons": comparisons} if comparisons else {}),
             "data": {"n_images": int(y.size), "n_normal": int((y == 0).sum()), "n_anomalous": int((y == 1).sum())},
             **self.extra,
             **{k: json.loads(p.read_text()) for k, p in self.include.items() if p.is_file()},
@@ -146,8 +196,9 @@ class EvaluationReport:
                 "",
                 f"[low, high]: stratified bootstrap 95% intervals ({self.bootstrap} resamples, seed {self.seed}).",
             ]
-        if np.isfinite(pixel):
-            lines += ["", f"Pixel AUROC of the map against the lesion masks (all test pixels): {100 * pixel:.1f}."]
+        lines += _operating_point_lines(operating_points, calibration, self.labels.get(str(decided), decided))
+        lines += _comparison_lines(comparisons, self.labels)
+        lines += _pixel_lines(pixel)
         lines += [
             "",
             f"{record['data']['n_normal']} normal and {record['data']['n_anomalous']} anomalous images; "
@@ -161,6 +212,52 @@ class EvaluationReport:
             plot_roc_curves(display, y, self.output_dir / "roc.png", title=self.title)
             plot_score_histograms(display, y, self.output_dir / "score_histograms.png")
         logging.getLogger("medad_monai").info(f"evaluation report in {self.output_dir}:\n{table}")
+
+
+def _operating_point_lines(points: Sequence[Mapping[str, Any]], calibration: Mapping[str, Any], name: Any) -> list[str]:
+    """Markdown table of the target-specificity thresholds and the test figures there."""
+    if not points:
+        return []
+    lines = [
+        "",
+        f"Thresholds for a target specificity of {name}, from the {calibration['n']} validation normals the model was "
+        "calibrated on (interval: bootstrap over those normals), and the test figures there:",
+        "",
+        "| target specificity (%) | threshold | test sensitivity (%) | test specificity (%) |",
+        "|---|---|---|---|",
+    ]
+    for p in points:
+        low, high = p["threshold_ci95"]
+        lines.append(
+            f"| {100 * p['target_specificity']:.0f} | {p['threshold']:.4g} [{low:.4g}, {high:.4g}] | "
+            f"{_cell(p, 'sensitivity')} | {_cell(p, 'specificity')} |"
+        )
+    return lines
+
+
+def _comparison_lines(comparisons: Sequence[Mapping[str, Any]], labels: Mapping[str, str]) -> list[str]:
+    """Markdown table of the AUROC differences between the decided score and the others."""
+    if not comparisons:
+        return []
+    lines = ["", "| AUROC difference (%) | value [95% CI] | p | test |", "|---|---|---|---|"]
+    for c in comparisons:
+        pair = f"{labels.get(c['a'], c['a'])} - {labels.get(c['b'], c['b'])}"
+        interval = f"{100 * c['difference']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+        lines.append(f"| {pair} | {interval} | {c['p_value']:.3g} | {c['method']} |")
+    return lines
+
+
+def _pixel_lines(pixel: Mapping[str, float]) -> list[str]:
+    """One sentence with the pixel metrics that exist."""
+    parts = [f"AUROC {100 * pixel['auroc']:.1f}"] if "auroc" in pixel else []
+    parts += [f"AP {100 * pixel['ap']:.1f}"] if "ap" in pixel else []
+    if "best_dice" in pixel:
+        at = f" (map >= {pixel['best_dice_threshold']:.4g})" if "best_dice_threshold" in pixel else ""
+        parts.append(f"best Dice {100 * pixel['best_dice']:.1f}{at}")
+    parts += [f"AUPRO up to 30% FPR {100 * pixel['aupro']:.1f}"] if "aupro" in pixel else []
+    if not parts:
+        return []
+    return ["", "Pixel metrics of the map against the lesion masks (all test pixels, %): " + ", ".join(parts) + "."]
 
 
 def _cell(row: Mapping[str, Any], metric: str) -> str:

@@ -31,7 +31,7 @@ from torch import nn
 
 from medad_monai.data.foreground import body_extent, foreground_fraction
 from medad_monai.data.support import calibration_holdout, select_support, support_datalist
-from medad_monai.handlers.threshold import quantile_threshold
+from medad_monai.handlers.threshold import calibrate_threshold
 from medad_monai.networks.body_extent import set_body_extent
 from medad_monai.scores import image_score, score_reduction
 
@@ -198,8 +198,7 @@ class SupportSetLoader:
                 return
             scores = self._loo_scores(images)
             what = f"leave-one-out over the {k} support images"
-        value = quantile_threshold(scores, self.quantile)
-        net.threshold.fill_(value)
+        value = calibrate_threshold(net, np.asarray(scores), self.quantile)
         logger.info("D24FAD: threshold %.6g = %.3f quantile of the scores of %s", value, self.quantile, what)
         set_body_extent(net, body_extent(fractions))  # the support and calibration normals' body fractions
 

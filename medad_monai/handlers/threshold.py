@@ -10,24 +10,26 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from medad_monai.data.foreground import body_extent, foreground_fraction
+from medad_monai.metrics.operating_points import quantile_threshold
 from medad_monai.networks.body_extent import set_body_extent
+from medad_monai.networks.calibration import set_calibration_scores
 
-__all__ = ["ThresholdCalibrator", "quantile_threshold"]
+__all__ = ["ThresholdCalibrator", "calibrate_threshold"]
 
 
-def quantile_threshold(normal_scores: np.ndarray, quantile: float = 0.95) -> float:
-    """The ``quantile`` of validation-normal image scores: about ``1 - quantile`` of normals are flagged."""
-    s = np.asarray(normal_scores, dtype=np.float64).ravel()
-    if s.size == 0:
-        raise ValueError("threshold calibration needs at least one validation normal image")
-    if not 0.0 < quantile <= 1.0:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-    return float(np.quantile(s, quantile))
+def calibrate_threshold(network: nn.Module, normal_scores: np.ndarray, quantile: float = 0.95) -> float:
+    """Set ``network.threshold`` to the ``quantile`` of ``normal_scores`` and record those scores in the network
+    (:mod:`medad_monai.networks.calibration`), so that evaluation can report other operating points from them."""
+    value = quantile_threshold(normal_scores, quantile)
+    network.threshold.fill_(value)
+    set_calibration_scores(network, normal_scores)
+    return value
 
 
 class ThresholdCalibrator:
     """Collects the image scores of an evaluator over validation normals and stores their ``quantile`` in
-    ``network.threshold`` (a buffer, so ``model.pt`` and the exported model carry it). It also records the normals'
+    ``network.threshold`` (a buffer, so ``model.pt`` and the exported model carry it), and the scores themselves in
+    ``network.calibration_scores``. It also records the normals'
     body extent in ``network.body_fraction`` (:func:`~medad_monai.data.foreground.body_extent` of the input images'
     body fractions), which the volume serving core scores slices by.
 
@@ -70,8 +72,7 @@ class ThresholdCalibrator:
             self.fractions.extend(foreground_fraction(image if image.ndim == 4 else image[None]).tolist())
 
     def _calibrate(self, engine: Engine) -> None:
-        value = quantile_threshold(np.asarray(self.scores), self.quantile)
-        self.network.threshold.fill_(value)
+        value = calibrate_threshold(self.network, np.asarray(self.scores), self.quantile)
         engine.state.metrics["threshold"] = value
         self.logger.info(
             f"threshold = {value:.6g}: the {self.quantile:.3f} quantile of {len(self.scores)} validation-normal scores"

@@ -8,7 +8,9 @@ scores in AP and F1-max), so a resample that is the test set itself gives exactl
 over 10,000 images take seconds on a CPU.
 
 The interval is the percentile interval (2.5% and 97.5% quantiles by default). :func:`paired_bootstrap` compares
-two scores of the same images (two maps of one model, or two models) on the same resamples.
+two scores of the same images (two maps of one model, or two models) on the same resamples. :func:`roc_band` and
+:func:`pr_band` give pointwise bands of the ROC and precision-recall curves (the curve of each resample read on a
+fixed grid, then the percentiles at each grid point).
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_indices",
     "paired_bootstrap",
+    "pr_band",
     "resampled_auroc",
     "resampled_average_precision",
     "resampled_f1_max",
     "resampled_npv",
     "resampled_ppv",
+    "resampled_precision_at_recall",
     "resampled_sensitivity",
     "resampled_specificity",
+    "resampled_tpr_at_fpr",
+    "roc_band",
 ]
 
 
@@ -188,3 +194,113 @@ def paired_bootstrap(
     p = min(1.0, 2.0 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
     value = float(fn(a[None], y[None])[0] - fn(b[None], y[None])[0])
     return {"difference": value, "low": float(low), "high": float(high), "p_value": p, "resamples": float(resamples)}
+
+
+def _group_end_counts(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each position of each row sorted by decreasing score, the true positives, false positives and number
+    flagged at the end of its group of tied scores: the points of the exact curves (one per distinct threshold,
+    repeated across a tied group), nondecreasing along each row."""
+    _, tps, fps, end = _sorted_rows(s, y)
+    return np.take_along_axis(tps, end, 1), np.take_along_axis(fps, end, 1), end + 1
+
+
+def _row_searchsorted(values: np.ndarray, queries: np.ndarray, side: str) -> np.ndarray:
+    """``np.searchsorted`` of each row of ``queries`` ``(R, G)`` in the same row of ``values`` ``(R, n)`` (each row
+    nondecreasing, all values in ``[0, n]``): the rows are shifted apart by ``n + 1`` so that one search of the
+    flattened matrix does every row at once."""
+    rows, n = values.shape
+    shift = (n + 1.0) * np.arange(rows)[:, None]
+    found = np.searchsorted((values + shift).ravel(), (queries + shift).ravel(), side=side)
+    return found.reshape(queries.shape) - n * np.arange(rows)[:, None]
+
+
+def resampled_tpr_at_fpr(s: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The exact ROC curve of each row (the polyline through one point per distinct threshold, from (0, 0), whose
+    trapezoidal area is :func:`resampled_auroc`) read at the false positive rates ``grid``: ``(R, G)`` true positive
+    rates, linearly interpolated between the curve's points and, where the curve rises vertically at a grid value,
+    its top (the most anomalies found at that false positive rate)."""
+    tp_end, fp_end, _ = _group_end_counts(s, y)
+    n_pos = y[0].sum()
+    n_neg = y.shape[1] - n_pos
+    # the curve's points with the origin in front (repeated within tied groups, which only adds zero-length steps)
+    tp = np.concatenate([np.zeros((s.shape[0], 1)), tp_end], axis=1).astype(np.float64)
+    fp = np.concatenate([np.zeros((s.shape[0], 1)), fp_end], axis=1).astype(np.float64)
+    target = np.broadcast_to(np.asarray(grid, dtype=np.float64) * n_neg, (s.shape[0], len(grid)))
+    # the last point at or left of the grid value (the origin always is), and the next point, right of it
+    left = _row_searchsorted(fp, target + 1e-9, "right") - 1
+    right = np.minimum(left + 1, fp.shape[1] - 1)
+    fp_a, fp_b = np.take_along_axis(fp, left, 1), np.take_along_axis(fp, right, 1)
+    tp_a, tp_b = np.take_along_axis(tp, left, 1), np.take_along_axis(tp, right, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(fp_b > fp_a, (tp_b - tp_a) / (fp_b - fp_a), 0.0)
+    return np.clip((tp_a + slope * (target - fp_a)) / n_pos, 0.0, 1.0)
+
+
+def resampled_precision_at_recall(s: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The exact precision-recall step curve of each row read at the recalls ``grid``: ``(R, G)`` precisions at the
+    first threshold whose recall reaches the grid value (the curve whose area is :func:`resampled_average_precision`:
+    on the grid ``k / n_anomalous``, ``k = 1..n_anomalous``, the mean of the precisions is the AP)."""
+    tp_end, _, flagged = _group_end_counts(s, y)
+    n_pos = y[0].sum()
+    target = np.broadcast_to(np.asarray(grid, dtype=np.float64) * n_pos, (s.shape[0], len(grid)))
+    first = np.minimum(_row_searchsorted(tp_end.astype(np.float64), target - 1e-9, "left"), s.shape[1] - 1)
+    return np.take_along_axis(tp_end, first, 1) / np.take_along_axis(flagged, first, 1)
+
+
+def _curve_band(
+    read: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    resamples: int,
+    seed: int,
+    grid: np.ndarray | None,
+    level: float,
+) -> dict[str, np.ndarray]:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    s, y = check_scores(scores, labels)
+    g = np.linspace(0.0, 1.0, 101) if grid is None else np.asarray(grid, dtype=np.float64).ravel()
+    if g.size == 0 or g.min() < 0.0 or g.max() > 1.0:
+        raise ValueError("the grid must hold rates in [0, 1]")
+    idx = bootstrap_indices(y, resamples, seed)
+    curves = read(s[idx], y[idx], g)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(curves, [tail, 1.0 - tail], axis=0)
+    return {"grid": g, "value": read(s[None], y[None], g)[0], "low": low, "high": high}
+
+
+def roc_band(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    resamples: int = 1000,
+    seed: int = 0,
+    grid: np.ndarray | None = None,
+    level: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """A pointwise stratified bootstrap band of the ROC curve: the true positive rate of each resample at the false
+    positive rates ``grid`` (default 0, 0.01, ..., 1; :func:`resampled_tpr_at_fpr`), and at each grid point the
+    percentile interval.
+
+    Returns:
+        ``{"grid": false positive rates, "value": the test set's true positive rates there, "low": ..., "high":
+        ...}`` (arrays of the grid's length).
+    """
+    return _curve_band(resampled_tpr_at_fpr, scores, labels, resamples, seed, grid, level)
+
+
+def pr_band(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    resamples: int = 1000,
+    seed: int = 0,
+    grid: np.ndarray | None = None,
+    level: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """A pointwise stratified bootstrap band of the precision-recall curve: the precision of each resample at the
+    recalls ``grid`` (default 0, 0.01, ..., 1; :func:`resampled_precision_at_recall`), and at each grid point the
+    percentile interval.
+
+    Returns:
+        ``{"grid": recalls, "value": the test set's precisions there, "low": ..., "high": ...}``.
+    """
+    return _curve_band(resampled_precision_at_recall, scores, labels, resamples, seed, grid, level)

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
 from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
+from medad_monai.networks.calibration import fill_missing_calibration_scores, register_calibration_scores
+from medad_monai.networks.feature_cache import FeatureCache
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import WideResNetTeacher
 
@@ -134,6 +136,8 @@ class D24FAD(nn.Module):
     ``num_support``/``image_size``, so a checkpoint always loads into a default ``D24FAD()``.
     """
 
+    __jit_ignored_attributes__ = ["teacher_cache"]  # a training-time Python object, not part of the model
+
     def __init__(
         self,
         teacher_weights: str | None = "random",
@@ -152,6 +156,7 @@ class D24FAD(nn.Module):
         self.align_corners = bool(align_corners)
         self.score_reduction = "max"  # the image score is the map's maximum (official test.py; medad_monai.scores)
         self.teacher = WideResNetTeacher(weights=teacher_weights, normalize=False)
+        self.teacher_cache: FeatureCache | None = None  # set for a training run (handlers.teacher_cache)
         self.student = ReverseDistillationDecoder(in_channels=2048, num_blocks=(3, 4, 6), width_per_group=128)
         self.l2w = LearnToWeight(self.student.out_channels)
         self.blur = GaussianBlur2d(sigma)
@@ -162,6 +167,7 @@ class D24FAD(nn.Module):
         self.register_buffer("has_support", torch.tensor(False))
         self.register_buffer("threshold", torch.tensor(float("nan")))
         register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
+        register_calibration_scores(self)  # the validation-normal scores the threshold came from
 
     # ------------------------------------------------------------------ helpers
     def _check_images(self, x: Tensor, name: str, expected_dim: int) -> None:
@@ -200,6 +206,12 @@ class D24FAD(nn.Module):
         yield from self.l2w.parameters()
 
     # ------------------------------------------------------------------ training
+    @torch.jit.ignore
+    def cached_teacher(self, images: Tensor) -> list[Tensor]:
+        """The frozen teacher's features, through ``teacher_cache`` when one is set (training only,
+        :class:`~medad_monai.networks.feature_cache.FeatureCache`)."""
+        return self.teacher(images) if self.teacher_cache is None else self.teacher_cache(images, self.teacher)
+
     def episode_outputs(self, query: Tensor, support: Tensor) -> dict[str, list[Tensor]]:
         """The features of one episode (official ``main.py::train`` loop body) that
         :class:`~medad_monai.losses.d24fad.D24FADLoss` reads.
@@ -223,9 +235,9 @@ class D24FAD(nn.Module):
             raise ValueError(f"D24FAD: support batch size {b} does not match query batch size {query.shape[0]}")
         self._check_num_support(k, "support")
         with torch.no_grad():
-            t_query = self.teacher(query)
+            t_query = self.cached_teacher(query)
             # The frozen teacher is in eval mode, so batching all supports together is exact.
-            t_support = self.teacher(support.flatten(0, 1))[3].unflatten(0, (b, k))
+            t_support = self.cached_teacher(support.flatten(0, 1))[3].unflatten(0, (b, k))
         s_query = self.student(t_query[3])
         per_slot = [self.student(t_support[:, j]) for j in range(k)]
         s_support = [torch.stack([feats[i] for feats in per_slot], dim=1) for i in range(_NUM_SCALES)]
@@ -284,6 +296,7 @@ class D24FAD(nn.Module):
                     setattr(self, name, torch.zeros(incoming.shape, dtype=current.dtype, device=current.device))
                     resized = True
         fill_missing_body_extent(state_dict, prefix)  # type: ignore[arg-type]
+        fill_missing_calibration_scores(state_dict, prefix)  # type: ignore[arg-type]
         if resized:
             feat0 = self.support_feat_0
             if any(getattr(self, f"support_feat_{i}").shape[0] != feat0.shape[0] for i in range(_NUM_SCALES)):

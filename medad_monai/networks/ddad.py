@@ -38,6 +38,7 @@ from torch import nn
 from medad_monai.networks.architecture import check_architecture, record_architecture
 from medad_monai.networks.autoencoders import AEEnsemble
 from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
+from medad_monai.networks.calibration import fill_missing_calibration_scores, register_calibration_scores
 from medad_monai.scores import image_score
 
 __all__ = ["ASRNet", "DDAD", "MonotoneASRNet", "OUTPUT_MAPS", "REFINEMENTS", "REFINE_INPUTS"]
@@ -206,6 +207,7 @@ class DDAD(nn.Module):
         # Decision threshold on the image score, calibrated on validation normals; NaN until calibrated.
         self.register_buffer("threshold", torch.tensor(float("nan")))
         register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
+        register_calibration_scores(self)  # the validation-normal scores the threshold came from
         record_architecture(
             self,
             {
@@ -225,6 +227,7 @@ class DDAD(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors):
         check_architecture(self, state_dict, prefix)
         fill_missing_body_extent(state_dict, prefix)
+        fill_missing_calibration_scores(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     def _check(self, x: torch.Tensor) -> None:
@@ -289,6 +292,18 @@ class DDAD(nn.Module):
     def image_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Image score of every map: the mean over pixels (MedIA 2023 §3.4), each ``(B,)``."""
         return {name: image_score(m, self.score_reduction) for name, m in self.all_maps(x).items()}
+
+    @torch.jit.ignore
+    def evaluation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What an evaluation reads, from one pass: every map's image score (as :meth:`image_scores`) and the map
+        :meth:`forward` serves, under ``"map"`` (pixel metrics, the error gallery)."""
+        maps = self.all_maps(x)
+        out = {name: image_score(m, self.score_reduction) for name, m in maps.items()}
+        served = self.served_map_name()
+        if served == "refined":
+            served = "r_dual" if "r_dual" in maps else "r_intra"
+        out["map"] = maps[served] if served in maps else maps["intra"]  # as forward: intra without a UDM
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly map ``(B, 1, H, W)``: the ``served_map`` (by default R_dual if the UDM was trained, else R_intra)."""

@@ -48,6 +48,8 @@ from torch import Tensor, nn
 from medad_monai.anomaly_maps import GaussianBlur2d, multiscale_anomaly_map
 from medad_monai.networks.architecture import check_architecture, record_architecture
 from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
+from medad_monai.networks.calibration import fill_missing_calibration_scores, register_calibration_scores
+from medad_monai.networks.feature_cache import FeatureCache
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import IMAGENET_MEAN, IMAGENET_STD, WideResNetTeacher
 from medad_monai.networks.vmamba import (
@@ -263,6 +265,8 @@ class PDD(nn.Module):
         vmamba_chunk_size: chunk length of VMamba's vectorised selective scan (``None``: the default).
     """
 
+    __jit_ignored_attributes__ = ["teacher_cache"]  # a training-time Python object, not part of the model
+
     def __init__(
         self,
         image_size: int = 256,
@@ -296,6 +300,7 @@ class PDD(nn.Module):
             raise ValueError(f"PDD: diverse_levels must be in [0, {_NUM_LEVELS}], got {diverse_levels}")
         self.image_size = int(image_size)
         self.wrn = build_wrn_teacher(wrn_weights)
+        self.teacher_cache: FeatureCache | None = None  # set for a training run (handlers.teacher_cache)
         self.vmamba = build_vmamba_teacher(vmamba_weights, vmamba, vmamba_chunk_size)
         self.teacher_weights: dict[str, str] = {
             "wrn50_2": str(self.wrn.weights_description),
@@ -330,6 +335,7 @@ class PDD(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("threshold", torch.tensor(float("nan")))
         register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
+        register_calibration_scores(self)  # the validation-normal scores the threshold came from
         record_architecture(
             self,
             {
@@ -374,6 +380,24 @@ class PDD(nn.Module):
     def features(self, image: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """``(targets, Student 1 "prior" features, Student 2 "plain" features)``, 3 levels each, shallow first."""
         f_r, f_m = self.teacher_features(image)
+        return self.student_features(f_r, f_m)
+
+    @torch.jit.ignore
+    def cached_teacher_features(self, image: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """:meth:`teacher_features` through ``teacher_cache`` when one is set (training only,
+        :class:`~medad_monai.networks.feature_cache.FeatureCache`)."""
+        if self.teacher_cache is None:
+            return self.teacher_features(image)
+
+        def compute(x: Tensor) -> list[Tensor]:
+            f_r, f_m = self.teacher_features(x)
+            return [*f_r, *f_m]
+
+        levels = self.teacher_cache(image, compute)
+        return levels[: len(levels) // 2], levels[len(levels) // 2 :]
+
+    def student_features(self, f_r: list[Tensor], f_m: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Fused targets (InA) and the two students' features from the teachers' features (Sec. 3.2-3.4)."""
         targets: list[Tensor] = []
         for k, adapter in enumerate(self.target_adapters):
             t = fuse(adapter(f_m[k]), f_r[k], self.fusion)
@@ -389,6 +413,7 @@ class PDD(nn.Module):
         # checkpoints from before these options used the official sum and map
         check_architecture(self, state_dict, prefix, legacy={"fusion": "sum", "plain_map": "all", "diverse_levels": 1})
         fill_missing_body_extent(state_dict, prefix)
+        fill_missing_calibration_scores(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     # ---------------------------------------------------------------------------------------------------- API
@@ -408,5 +433,5 @@ class PDD(nn.Module):
     @torch.jit.ignore
     def training_outputs(self, image: Tensor) -> dict[str, list[Tensor]]:
         """What :class:`~medad_monai.losses.pdd.PDDLoss` reads: ``{"targets", "prior", "plain"}`` (3 levels each)."""
-        targets, s_prior, s_plain = self.features(image)
+        targets, s_prior, s_plain = self.student_features(*self.cached_teacher_features(image))
         return {"targets": targets, "prior": s_prior, "plain": s_plain}

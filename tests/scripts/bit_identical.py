@@ -3,11 +3,14 @@ at two git revisions and compare every tensor of the two ``model.pt`` files exac
 
     python tests/scripts/bit_identical.py --base HEAD~1 --bundle pdd --override epochs=1
     python tests/scripts/bit_identical.py --base main --head WORKTREE --bundle ddad --override epochs=2 asr_epochs=1
+    python tests/scripts/bit_identical.py --base WORKTREE --bundle pdd --override epochs=2 \
+        --head_override teacher_cache=true
 
-Each revision is checked out in its own temporary git worktree (``--head WORKTREE``: the working tree as it is, with
-its uncommitted changes), and trains there with ``python -m monai.bundle run training`` on the bundle's own configs
-(the demo data of ``$MEDAD_MONAI_DATA``, shared by both). Exit status 0 when every tensor is equal, 1 otherwise (the
-differing tensors are listed with their largest difference).
+Each revision is checked out in its own temporary git worktree (``--head WORKTREE``: the working tree as it is, with its
+uncommitted changes; with both WORKTREE the same tree trains twice, to compare an option: ``--head_override``), and
+trains there with ``python -m monai.bundle run training`` on the bundle's own configs (the demo data of
+``$MEDAD_MONAI_DATA``, shared by both). Exit status 0 when every tensor is equal, 1 otherwise (the differing tensors are
+listed with their largest difference).
 """
 
 from __future__ import annotations
@@ -67,17 +70,21 @@ def main() -> int:
     parser.add_argument("--head", default="WORKTREE", help="git revision to compare (default: the working tree)")
     parser.add_argument("--bundle", required=True, choices=["ddad", "d24fad", "pdd"])
     parser.add_argument("--override", nargs="*", default=[], help="config overrides key=value for both runs")
+    parser.add_argument("--head_override", nargs="*", default=[], help="further overrides for the head run only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trees = [_checkout(rev, Path(tmp) / name) for rev, name in ((args.base, "base"), (args.head, "head"))]
+        # (both WORKTREE: one tree, trained twice)
         try:
-            base, head = (_train(tree, args.bundle, args.override) for tree in trees)
+            base = _train(trees[0], args.bundle, args.override)
+            head = _train(trees[1], args.bundle, args.override + args.head_override)
         finally:
             for tree in trees:
                 if tree != REPO:
                     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
     differ = compare(base, head)
-    print(f"{args.bundle}: {len(base)} tensors; {len(differ)} differ between {args.base} and {args.head}")
+    head_name = " ".join([args.head, *args.head_override])
+    print(f"{args.bundle}: {len(base)} tensors; {len(differ)} differ between {args.base} and {head_name}")
     for line in differ:
         print("  " + line)
     return 1 if differ else 0

@@ -99,6 +99,7 @@ class Commands:
         seed: int = 0,
         device: str = "cpu",
         threads: int = 0,
+        feature_cache: bool = True,
     ) -> None:
         """Compare a bundle with anomalib's reverse distillation and PatchCore on the same data and machine.
 
@@ -107,7 +108,8 @@ class Commands:
         ``out`` gets results.md/.csv/.json (AUROC, AP, F1-max, sensitivity/specificity at the threshold, fit time,
         ms/image, peak memory, ratios to the bundle), roc.png and score_histograms.png. ``--dataset`` is a folder
         or ``demo:<domain>`` (a bare demo domain name works too); ``--teacher_weights imagenet`` gives every
-        method torchvision's ImageNet WideResNet50-2. Needs ``pip install -e '.[anomalib]'``.
+        method torchvision's ImageNet WideResNet50-2. ``--feature_cache false`` recomputes the frozen networks'
+        features every epoch (default: kept after the first; the same results). Needs ``pip install -e '.[anomalib]'``.
         """
         import logging
 
@@ -130,6 +132,7 @@ class Commands:
             seed=seed,
             device=device,
             threads=threads,
+            feature_cache=feature_cache,
         )
         print(Path(out, "results.md").read_text())
 
@@ -145,6 +148,7 @@ class Commands:
         threads: int = 0,
         device: str = "cpu",
         resume: bool = False,
+        feature_cache: bool = True,
     ) -> None:
         """The accuracy table: every bundle (at its defaults), anomalib's RD and PatchCore on every demo domain.
 
@@ -153,8 +157,9 @@ class Commands:
         and shared by the cells with the same data (``out/baselines/``). ``out`` gets results.md (one table per
         bundle: image AUROC, AP, pixel AUROC, fit s, ms/image per method and domain, a mean row; mean ± std over
         ``--seeds 0,1,2``), results.csv, results.json and benchmark.png. ``--resume`` keeps the cells and baselines
-        an earlier run in ``out`` finished with the same settings. Exits non-zero if a run failed (named in the
-        report). Needs ``pip install -e '.[anomalib]'``.
+        an earlier run in ``out`` finished with the same settings. ``--feature_cache false`` recomputes the frozen
+        networks' features every epoch (default: kept after the first, the same results). Exits non-zero if a run
+        failed (named in the report). Needs ``pip install -e '.[anomalib]'``.
         """
         import logging
 
@@ -173,6 +178,7 @@ class Commands:
                 device=device,
                 threads=threads,
                 resume=resume,
+                feature_cache=feature_cache,
             )
         finally:  # the table also when a run failed (marked there), before the error
             report = Path(out, "results.md")

@@ -102,13 +102,19 @@ def test_few_shot_cells_leave_the_target_out_and_one_class_cells_train_on_it():
         "target": "demo:fundus",
         "sources": ["demo:brain_mr", "demo:head_ct"],
         "teacher_weights": "random",
+        "teacher_cache": True,  # the same training, later epochs without the teacher
     }
+    assert d24["feature_cache"] is True  # and RD's encoder
     assert Path(d24["configs"]).parent.name == "d24fad"
     for bundle in ("ddad", "pdd"):
         spec = cell_spec(BenchmarkCell(bundle, "fundus", 0), domains, teacher_weights="random", rd_epochs=3)
         assert spec["overrides"]["dataset_dir"] == "demo:fundus" and spec["overrides"]["seed"] == 0
         assert "sources" not in spec["overrides"] and "target" not in spec["overrides"]
         assert spec["rd_epochs"] == 3
+        # only a bundle with a frozen teacher gets the cache option (DDAD has none)
+        assert spec["overrides"].get("teacher_cache") == (True if bundle == "pdd" else None)
+    off = cell_spec(BenchmarkCell("pdd", "fundus", 0), domains, feature_cache=False)
+    assert off["overrides"]["teacher_cache"] is False and off["feature_cache"] is False
     # one target alone: it still trains on every other demo domain
     assert leave_one_out_sources("fundus", ["fundus"]) == [f"demo:{d}" for d in DEMO_DOMAINS if d != "fundus"]
 

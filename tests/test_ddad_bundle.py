@@ -208,4 +208,6 @@ def test_html_report_of_the_evaluation_loads_in_a_browser(trained, tmp_path):
     out = tmp_path / "eval"
     _workflow([TRAIN, EVALUATE], run_id="evaluating", bundle_root=str(trained), output_dir=str(out), **TINY).run()
     seen = check_evaluation_report(out, tmp_path / "report.html")
-    assert seen["decided"] == "r_dual" and seen["gallery"] == 12  # the demo data has a UDM: R_dual decides
+    # the score the model serves decides: output_map "auto" chose it at training time, label-free, and recorded it
+    served = json.loads((trained / "models" / "training_report.json").read_text())["served_map"]
+    assert seen["decided"] == served and seen["gallery"] == 12

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from medad_monai.networks.feature_cache import FeatureCache
 from medad_monai.networks.teachers import IMAGENET_MEAN, IMAGENET_STD, load_wide_resnet50_2_state_dict
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "fit_patchcore",
     "fit_reverse_distillation",
     "load_backbone_weights",
+    "reverse_distillation_features",
 ]
 
 logger = logging.getLogger("medad_monai")
@@ -59,8 +61,12 @@ class ImageNetNormalized(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def normalize(self, images: Tensor) -> Tensor:
+        """ImageNet mean/std normalisation of images in ``[0, 1]``."""
+        return (images - self.mean) / self.std
+
     def forward(self, images: Tensor) -> object:
-        out = self.model((images - self.mean) / self.std)
+        out = self.model(self.normalize(images))
         if self.training:
             return out
         return out.anomaly_map, out.pred_score.flatten()
@@ -109,6 +115,22 @@ def build_baseline(name: str, image_size: int, weights: str | None) -> tuple[Ima
     return ImageNetNormalized(model), description
 
 
+def reverse_distillation_features(
+    model: ImageNetNormalized, images: Tensor, cache: FeatureCache | None = None
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The training output of anomalib's reverse distillation, ``(encoder features, decoder features)``, as
+    ``model(images)`` returns it in train mode (no tiler), with the frozen encoder's features read from ``cache``
+    when one is given. The encoder runs in eval mode without gradients (anomalib's ``TimmFeatureExtractor`` with
+    ``requires_grad=False``), so its features of an image are the same every epoch and a cached run trains exactly
+    as an uncached one."""
+    rd = model.model
+    if cache is None or rd.tiler is not None:
+        return model(images)
+    rd.encoder.eval()
+    encoder = cache(model.normalize(images), lambda x: list(rd.encoder(x).values()))
+    return encoder, rd.decoder(rd.bottleneck(encoder))
+
+
 def fit_reverse_distillation(
     model: ImageNetNormalized,
     batches: Iterable[Tensor],
@@ -116,22 +138,26 @@ def fit_reverse_distillation(
     device: torch.device,
     learning_rate: float = 0.005,
     log_every: int = 1,
+    cache_encoder: bool = False,
 ) -> list[float]:
     """Train the bottleneck and decoder for ``epochs`` passes over ``batches`` (re-iterable); returns the mean loss
-    of each epoch. The encoder stays frozen in eval mode (anomalib's ``forward`` calls ``encoder.eval()``)."""
+    of each epoch. The encoder stays frozen in eval mode (anomalib's ``forward`` calls ``encoder.eval()``);
+    ``cache_encoder`` keeps its features of each image after the first epoch (float32 on the CPU: the same losses,
+    later epochs without the encoder; see :func:`reverse_distillation_features`)."""
     from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
 
     rd = model.model
     params = list(rd.decoder.parameters()) + list(rd.bottleneck.parameters())
     optimizer = torch.optim.Adam(params, lr=learning_rate, betas=(0.5, 0.99))
     loss_fn = ReverseDistillationLoss()
+    cache = FeatureCache() if cache_encoder else None
     model.to(device).train()
     history = []
     for epoch in range(epochs):
         total, count = 0.0, 0
         for images in batches:
             optimizer.zero_grad()
-            loss = loss_fn(*model(images.to(device)))
+            loss = loss_fn(*reverse_distillation_features(model, images.to(device), cache))
             loss.backward()
             optimizer.step()
             total, count = total + float(loss.detach()), count + 1

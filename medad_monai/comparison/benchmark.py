@@ -176,6 +176,7 @@ def run_benchmark(
     threads: int = 0,
     timing_repeats: int = 10,
     resume: bool = False,
+    feature_cache: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every bundle, RD and PatchCore on every demo domain and seed; write the report in ``out`` (see the module
     docstring). Returns the long rows (one per bundle, domain, seed and method).
@@ -185,8 +186,8 @@ def run_benchmark(
         bundles: any of ``ddad``, ``d24fad``, ``pdd`` (a list or a comma-separated string; default all three).
         domains: demo domains (``brain_mr`` or ``demo:brain_mr``; default all of them).
         seeds: seeds of every method and of the data splits (one run per seed).
-        rd_epochs, teacher_weights, batch_size, coreset_sampling_ratio, device, threads, timing_repeats: as for
-            :func:`~medad_monai.comparison.runner.compare_with_anomalib`.
+        rd_epochs, teacher_weights, batch_size, coreset_sampling_ratio, device, threads, timing_repeats,
+            feature_cache: as for :func:`~medad_monai.comparison.runner.compare_with_anomalib`.
         resume: reuse the results of an earlier run in ``out`` whose settings equal this one's.
 
     Raises:
@@ -212,6 +213,7 @@ def run_benchmark(
         "device": str(device),
         "threads": int(threads),
         "timing_repeats": int(timing_repeats),
+        "feature_cache": bool(feature_cache),
     }
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

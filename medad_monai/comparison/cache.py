@@ -36,6 +36,7 @@ BASELINE_SETTINGS: tuple[str, ...] = (
     "device",
     "threads",
     "timing_repeats",
+    "feature_cache",
 )
 
 
@@ -77,7 +78,7 @@ def baseline_key_material(spec: dict[str, Any]) -> dict[str, Any]:
             baseline_preprocessing(data.image_size, data.intensity_policy, data.intensity_range).transforms
         ),
         "anomalib": anomalib_version(),
-        **{key: spec[key] for key in BASELINE_SETTINGS},
+        **{key: spec.get(key) for key in BASELINE_SETTINGS},
     }
 
 

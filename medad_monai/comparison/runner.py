@@ -189,15 +189,21 @@ def comparison_spec(
     threads: int = 0,
     timing_repeats: int = 10,
     overrides: dict[str, Any] | None = None,
+    feature_cache: bool = True,
 ) -> dict[str, Any]:
     """The JSON spec every method of one comparison reads (``python -m medad_monai.comparison SPEC ...``): the
     bundle's ``configs/`` folder, its overrides (:func:`bundle_overrides`) and the shared settings (see
     :func:`compare_with_anomalib` for the arguments)."""
     configs = _configs_dir(bundle)
     config = json.loads((configs / "train.json").read_text())
+    # the bundle's own frozen-teacher cache (PDD, D²4FAD): the same training, later epochs without the teacher
+    cache = {"teacher_cache": bool(feature_cache)} if "teacher_cache" in config else {}
     return {
         "configs": str(configs),
-        "overrides": bundle_overrides(config, dataset, image_size, epochs, teacher_weights, seed, overrides),
+        "overrides": bundle_overrides(
+            config, dataset, image_size, epochs, teacher_weights, seed, {**cache, **(overrides or {})}
+        ),
+        "feature_cache": bool(feature_cache),
         "teacher_weights": teacher_weights,
         "rd_epochs": int(rd_epochs),
         "batch_size": int(batch_size),
@@ -248,6 +254,7 @@ def compare_with_anomalib(
     threads: int = 0,
     timing_repeats: int = 10,
     overrides: dict[str, Any] | None = None,
+    feature_cache: bool = True,
 ) -> list[dict[str, Any]]:
     """Fit and test the bundle and the anomalib baselines; write ``results.md/.csv/.json``, ``roc.png`` and
     ``score_histograms.png`` in ``out``. Returns one summary row per method that finished.
@@ -267,6 +274,10 @@ def compare_with_anomalib(
         device: where every method runs; threads: torch CPU threads per method (0: torch default).
         timing_repeats: timed single-image calls per method (after two warm-up calls).
         overrides: further bundle config overrides.
+        feature_cache: keep the frozen networks' features of each training image after the first epoch (the
+            bundles' ``teacher_cache``, RD's encoder): the same models and scores, a shorter ``fit s``; it holds
+            the features in memory for the fit (``False``: recompute them every epoch, e.g. on a GPU where the
+            teacher is cheap and host memory is not).
 
     Raises:
         RuntimeError: a method failed (after the others ran and the report of those that finished is written).
@@ -288,6 +299,7 @@ def compare_with_anomalib(
         threads=threads,
         timing_repeats=timing_repeats,
         overrides=overrides,
+        feature_cache=feature_cache,
     )
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

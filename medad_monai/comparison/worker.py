@@ -113,7 +113,8 @@ def _fit_baseline(
     loader = DataLoader(TensorDataset(train), batch_size=int(spec["batch_size"]), shuffle=True, generator=generator)
     batches = _Images(loader)
     if name == "reverse_distillation":
-        fit_reverse_distillation(model, batches, int(spec["rd_epochs"]), device)
+        cache = bool(spec.get("feature_cache", False))  # specs written before the option recomputed the encoder
+        fit_reverse_distillation(model, batches, int(spec["rd_epochs"]), device, cache_encoder=cache)
         detail = f"{spec['rd_epochs']} epochs"
     else:
         size = fit_patchcore(model, batches, device, float(spec["coreset_sampling_ratio"]))

@@ -149,6 +149,7 @@ class Commands:
         device: str = "cpu",
         resume: bool = False,
         feature_cache: bool = True,
+        jobs: int = 2,
     ) -> None:
         """The accuracy table: every bundle (at its defaults), anomalib's RD and PatchCore on every demo domain.
 
@@ -158,7 +159,9 @@ class Commands:
         bundle: image AUROC, AP, pixel AUROC, fit s, ms/image per method and domain, a mean row; mean ± std over
         ``--seeds 0,1,2``), results.csv, results.json and benchmark.png. ``--resume`` keeps the cells and baselines
         an earlier run in ``out`` finished with the same settings. ``--feature_cache false`` recomputes the frozen
-        networks' features every epoch (default: kept after the first, the same results). Exits non-zero if a run
+        networks' features every epoch (default: kept after the first, the same results). ``--jobs 2`` (default)
+        runs two cells at a time with ``cpu_count // 2`` threads each; ``--jobs 1`` measures each method's costs
+        alone. Exits non-zero if a run
         failed (named in the report). Needs ``pip install -e '.[anomalib]'``.
         """
         import logging
@@ -179,6 +182,7 @@ class Commands:
                 threads=threads,
                 resume=resume,
                 feature_cache=feature_cache,
+                jobs=jobs,
             )
         finally:  # the table also when a run failed (marked there), before the error
             report = Path(out, "results.md")

@@ -6,6 +6,9 @@ subprocess path is covered by the compare-anomalib end-to-end test)."""
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +212,59 @@ def test_baselines_are_fitted_once_per_data_and_resume_reruns_nothing(tmp_path, 
     fake.calls.clear()
     Commands().benchmark(out=str(out), bundles="pdd", domains="fundus", seeds=0, rd_epochs=3, resume=True)
     assert fake.calls == [] and "Total wall-clock time" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+class SlowLaunch(FakeLaunch):
+    """A :class:`FakeLaunch` that takes a while and counts how many calls run at once, and the threads asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = self.most = 0
+        self.threads: set[int] = set()
+        self.guard = threading.Lock()
+
+    def __call__(self, spec_file: Path, method: str, result: Path) -> dict | None:
+        with self.guard:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.add(json.loads(Path(spec_file).read_text())["threads"])
+        time.sleep(0.3)
+        try:
+            return super().__call__(spec_file, method, result)
+        finally:
+            with self.guard:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_jobs_run_cells_side_by_side_and_still_fit_a_shared_baseline_once(tmp_path, monkeypatch, jobs):
+    slow = SlowLaunch()
+    monkeypatch.setattr(benchmark, "launch_method", slow)
+    monkeypatch.setattr(benchmark.os, "cpu_count", lambda: 4)
+    rows = run_benchmark(tmp_path, bundles="ddad,pdd", domains="fundus,head_ct", seeds=0, jobs=jobs)
+    assert slow.most == jobs
+    assert slow.threads == ({0} if jobs == 1 else {2})  # jobs x threads = the 4 cores
+    # two one-class cells per domain share its baselines: one RD and one PatchCore per domain, whatever ran at once
+    assert sorted(m for b, m in slow.calls if b == "-") == ["patchcore"] * 2 + ["reverse_distillation"] * 2
+    assert [(r["bundle"], r["domain"]) for r in rows if r["method"] == "bundle"] == [
+        ("ddad", "fundus"),
+        ("ddad", "head_ct"),
+        ("pdd", "fundus"),
+        ("pdd", "head_ct"),
+    ]  # the report keeps the cells' order
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["jobs"] == jobs
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        run_benchmark(tmp_path, bundles="pdd", domains="fundus", jobs=0)
+
+
+def test_method_processes_get_the_allocator_settings_unless_the_user_set_them(monkeypatch):
+    from medad_monai.comparison.runner import ALLOCATOR_ENV, method_environment
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    env = method_environment()
+    assert env["MALLOC_TRIM_THRESHOLD_"] == ALLOCATOR_ENV["MALLOC_TRIM_THRESHOLD_"]
+    assert env["MALLOC_TOP_PAD_"] == "0" and env["PATH"] == os.environ["PATH"]
 
 
 def test_a_failing_cell_is_marked_and_named_and_the_others_still_run(tmp_path, monkeypatch):

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from medad_monai.comparison.baselines import BASELINES
-from medad_monai.comparison.runner import DEFAULT_METHODS, anomalib_version, format_csv, summarize
+from medad_monai.comparison.runner import (
+    DEFAULT_METHODS,
+    allocator_settings,
+    anomalib_version,
+    format_csv,
+    method_environment,
+    summarize,
+)
 from medad_monai.comparison.worker import BUNDLE
 from medad_monai.io import atomic_write_json, atomic_write_text
 from medad_monai.provenance import provenance
@@ -227,7 +234,12 @@ def format_benchmark(
         + "AUROC (image), AP and pixel AUROC in %; fit s is training plus threshold calibration, ms/image the median "
         "single-image latency. WideResNet50-2 weights "
         f"'{settings['teacher_weights']}'; RD {settings['rd_epochs']} epochs; device {settings['device']}; "
-        f"threads {settings['threads'] or 'torch default'}; "
+        f"threads {settings['threads'] or 'torch default'} per run; "
+        + (
+            f"{settings['jobs']} runs at a time (fit s and ms/image measured beside another run); "
+            if int(settings.get("jobs", 1)) > 1
+            else "one run at a time; "
+        )
         + (
             "frozen networks' features cached after the first epoch (PDD and D²4FAD teachers, RD's encoder: the same "
             "results, shorter fit s)."
@@ -305,6 +317,7 @@ def write_benchmark_report(
             None,
             seeds=list(seeds),
             anomalib=anomalib_version(),
+            allocator=allocator_settings(method_environment()),
             wall_seconds=round(wall_seconds, 1),
             started=started.isoformat(timespec="seconds"),
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),

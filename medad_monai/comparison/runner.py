@@ -34,6 +34,8 @@ from medad_monai.provenance import provenance
 from medad_monai.visualize import plot_roc_curves, plot_score_histograms
 
 __all__ = [
+    "ALLOCATOR_ENV",
+    "allocator_settings",
     "BUNDLE_NAMES",
     "DEFAULT_METHODS",
     "REPORT_FILES",
@@ -44,6 +46,7 @@ __all__ = [
     "format_csv",
     "format_results",
     "launch_method",
+    "method_environment",
     "remove_reports",
     "summarize",
     "write_report",
@@ -54,6 +57,15 @@ logger = logging.getLogger("medad_monai")
 DEFAULT_METHODS: tuple[str, ...] = (BUNDLE, *BASELINES)
 BUNDLE_NAMES: tuple[str, ...] = ("ddad", "d24fad", "pdd")
 REPORT_FILES: tuple[str, ...] = ("results.md", "results.csv", "results.json", "roc.png", "score_histograms.png")
+# glibc's malloc hands freed blocks above its mmap threshold back to the kernel and trims the heap top, so the large
+# tensors of every training step are page-faulted in again: 12% of a DDAD training's CPU time went to the kernel
+# (22 s system time in 82 s), and with these settings it trains 1.2x faster (1.6 s system time) with the same
+# numbers (they change only where memory comes from). Values the user set in the environment win.
+ALLOCATOR_ENV: dict[str, str] = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**30),
+    "MALLOC_TOP_PAD_": str(2**28),
+}
 
 
 def _configs_dir(bundle: str | os.PathLike) -> Path:
@@ -215,12 +227,23 @@ def comparison_spec(
     }
 
 
+def allocator_settings(env: dict[str, str]) -> dict[str, str]:
+    """The allocator variables (:data:`ALLOCATOR_ENV`) in ``env``, for the provenance of a run."""
+    return {k: env[k] for k in ALLOCATOR_ENV if k in env}
+
+
+def method_environment() -> dict[str, str]:
+    """The environment of a method's process: this process's, with :data:`ALLOCATOR_ENV` where it sets none."""
+    return {**ALLOCATOR_ENV, **os.environ}
+
+
 def launch_method(spec_file: Path, method: str, result: Path) -> dict[str, Any] | None:
-    """Fit and test ``method`` in its own process (:mod:`~medad_monai.comparison.worker`) on the spec in
-    ``spec_file``; returns its record (also in ``result``), or ``None`` when it failed (its log is on stderr)."""
+    """Fit and test ``method`` in its own process (:mod:`~medad_monai.comparison.worker`, environment
+    :func:`method_environment`) on the spec in ``spec_file``; returns its record (also in ``result``), or ``None``
+    when it failed (its log is on stderr)."""
     result.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "medad_monai.comparison", str(spec_file), method, str(result)]
-    if subprocess.run(cmd, check=False).returncode != 0 or not result.is_file():
+    if subprocess.run(cmd, check=False, env=method_environment()).returncode != 0 or not result.is_file():
         logger.error("comparison: %s failed (its log is above)", method)
         return None
     return json.loads(result.read_text())
@@ -353,7 +376,9 @@ def write_report(out: Path, records: list[dict[str, Any]], spec: dict[str, Any])
             "rows": rows,
             "comparisons": comparisons,
             "spec": spec,
-            "provenance": provenance(spec["seed"], anomalib=anomalib_version()),
+            "provenance": provenance(
+                spec["seed"], anomalib=anomalib_version(), allocator=allocator_settings(method_environment())
+            ),
         },
         out / "results.json",
     )

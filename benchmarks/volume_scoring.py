@@ -4,7 +4,8 @@ the ``anomaly`` label fall on the lesion, and what does the serving core cost ov
 Uses trained bundles of a ``medad-monai benchmark`` run (``<run>/<bundle>/<domain>/seed<k>/bundle``: DDAD and PDD
 trained on the domain, D²4FAD adapted to it) and the demo volumes of :mod:`medad_monai.data.demo_volumes` (one
 subject per seed, without and with a lesion over a few slices). For each bundle, domain and volume seed it prints
-the two volume scores, whether the lesion volume ranks first, the slice the score comes from, the fraction of lesion
+the two volume scores, whether the lesion volume ranks first, how much the lesion raises the scores of its own
+slices over the same slices of the normal volume (mean), the slice the score comes from, the fraction of lesion
 voxels under the label and the label's Dice, then the serving time (:func:`score_volume`: loading excluded,
 preprocessing, network, inversion, label) over the network's batched forward on the same preprocessed slices
 (target <= 1.5x).
@@ -53,6 +54,12 @@ def network_seconds(model, image: np.ndarray, least: float | None, batch_size: i
     return time.perf_counter() - start
 
 
+def paired_rise(normal: list, lesion: list, slices: list[int]) -> float:
+    """Mean rise of the lesion slices' scores over the same slices of the normal twin (slices scored in both)."""
+    pairs = [(lesion[z], normal[z]) for z in slices if lesion[z] is not None and normal[z] is not None]
+    return float(np.mean([a - b for a, b in pairs])) if pairs else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a `medad-monai benchmark` output folder")
@@ -66,11 +73,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(
-        "| bundle | domain | subject | normal | lesion | lesion first | top slice (lesion slices) | lesion voxels "
-        "labelled | label Dice | serve s | network s | ratio |"
+        "| bundle | domain | subject | normal | lesion | lesion first | lesion slices rise | top slice (lesion slices) "
+        "| lesion voxels labelled | label Dice | serve s | network s | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    wins, total, ratios = 0, 0, []
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    wins, rises, total, ratios = 0, 0, 0, []
     for bundle in args.bundles.split(","):
         for domain in args.domains.split(","):
             root = Path(args.run) / bundle / domain / f"seed{args.training_seed}" / "bundle"
@@ -96,16 +103,19 @@ def main() -> None:
                 covered = (truth & label).sum() / max(truth.sum(), 1)
                 dice = 2 * (truth & label).sum() / max(truth.sum() + label.sum(), 1)
                 first = rl.score > rn.score
-                wins, total = wins + int(first), total + 1
+                # the same subject's lesion slices with and without the lesion: does the lesion raise their scores?
+                rise = paired_rise(rn.slice_scores, rl.slice_scores, lesion.lesion_slices)
+                wins, rises, total = wins + int(first), rises + int(rise > 0), total + 1
                 ratios.append(serve / net)
                 print(
                     f"| {bundle} | {domain} | {seed} | {rn.score:.4f} | {rl.score:.4f} | {'yes' if first else 'no'} "
-                    f"| {rl.top_slice} ({lesion.lesion_slices[0]}-{lesion.lesion_slices[-1]}) | {covered:.2f} | "
-                    f"{dice:.2f} | {serve:.2f} | {net:.2f} | {serve / net:.2f} |",
+                    f"| {rise:+.4f} | {rl.top_slice} ({lesion.lesion_slices[0]}-{lesion.lesion_slices[-1]}) "
+                    f"| {covered:.2f} | {dice:.2f} | {serve:.2f} | {net:.2f} | {serve / net:.2f} |",
                     flush=True,
                 )
     print(
-        f"\nlesion volume above the normal one: {wins} of {total}; serving / network time: median "
+        f"\nlesion volume above the normal one: {wins} of {total}; lesion slices above the same slices without the "
+        f"lesion (mean over them): {rises} of {total}; serving / network time: median "
         f"{np.median(ratios):.2f}x (max {np.max(ratios):.2f}x)"
     )
 

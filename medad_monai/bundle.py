@@ -1,52 +1,75 @@
-"""Helpers that bundle configs call: where the bundle lives, and its standard folders.
+"""Helpers that bundle configs call: where the bundle lives.
 
-MONAI's ``ConfigWorkflow`` knows the config folder but does not set ``bundle_root`` (``"."`` would be the working
-directory), so a bundle run from the repository root, or from anywhere else, finds its own folder here.
+Every bundle config sets ``bundle_root`` with :func:`resolve_bundle_root`, and, as in MONAI model-zoo bundles, a
+user overrides it on the command line (``--bundle_root /path/to/bundle``) or, for all runs of a shell, with
+``$MEDAD_BUNDLE_ROOT``. Without an override the default must still be the folder of the config being run: users run
+``python -m monai.bundle run training --config_file bundles/pdd/configs/train.json`` from the repository root (where
+MONAI's own default, ``"."``, would be the repository), and a copied bundle run with its own ``--config_file`` must
+write into the copy, never into the repository's ``models/``. MONAI's command line names that config file, so the
+default is read from the arguments ``python -m monai.bundle`` was started with.
 """
 
 from __future__ import annotations
 
-import inspect
+import ast
 import logging
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["resolve_bundle_root"]
+__all__ = ["command_line_config_files", "resolve_bundle_root"]
 
 logger = logging.getLogger("medad_monai")
 
+_MONAI_BUNDLE_MAIN = Path("monai") / "bundle" / "__main__.py"
 
-def _running_config_root() -> Path | None:
-    """The ``config_root_path`` of the ``ConfigWorkflow`` on the call stack, if one is parsing this config."""
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            owner = frame.f_locals.get("self")
-            # read the instance dict: workflows resolve unknown attributes as config properties
-            root = vars(owner).get("config_root_path") if type(owner).__name__ == "ConfigWorkflow" else None
-            if root is not None:
-                return Path(root)
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
+
+def _as_paths(value: str) -> list[str]:
+    """``--config_file`` as MONAI's command line (python-fire) accepts it: a path, a list literal, comma-separated."""
+    text = value.strip()
+    if text.startswith(("[", "(")):
+        try:
+            parsed = ast.literal_eval(text)
+        except (SyntaxError, ValueError):
+            return []
+        return [str(p) for p in parsed] if isinstance(parsed, (list, tuple)) else []
+    # MONAI's load_config_files also takes "a.json,b.json"
+    return [p for p in text.split(",") if p] if "," in text and not Path(text).is_file() else [text]
+
+
+def command_line_config_files(argv: Sequence[str] | None = None) -> list[str]:
+    """The config files given to ``python -m monai.bundle`` (``run``, ``verify_net_in_out``, ``ckpt_export``, ...).
+
+    Empty when this process is not MONAI's bundle command line (a test, MONAI Label, the Deploy app: those set
+    ``bundle_root`` themselves), so no other program's ``--config_file`` argument is read.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not Path(argv[0]).as_posix().endswith(_MONAI_BUNDLE_MAIN.as_posix()):
+        return []
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("--config_file="):
+            return _as_paths(arg.split("=", 1)[1])
+        if arg == "--config_file" and i + 1 < len(argv):
+            return _as_paths(argv[i + 1])
+    return []
 
 
 def resolve_bundle_root(name: str) -> str:
-    """Absolute folder of bundle ``name``.
+    """Absolute folder of bundle ``name``: the default of every config's ``bundle_root``.
 
-    In order: ``$MEDAD_BUNDLE_ROOT`` if set; the parent of the ``configs/`` folder of the running
-    ``ConfigWorkflow`` (``python -m monai.bundle run ... --config_file <bundle>/configs/train.json`` from any working
-    directory); ``bundles/<name>`` of the repository this package is installed from (editable install);
-    ``bundles/<name>`` or ``.`` under the working directory.
+    In order: ``$MEDAD_BUNDLE_ROOT`` if set; the parent of the ``configs/`` folder holding the first ``--config_file``
+    of ``python -m monai.bundle`` (from any working directory, a copied bundle included); ``bundles/<name>`` of the
+    repository this package is installed from (editable install); ``bundles/<name>`` or ``.`` under the working
+    directory. ``--bundle_root`` on the command line replaces the whole entry, as MONAI's overrides do.
     """
     env = os.environ.get("MEDAD_BUNDLE_ROOT")
     if env:
         return str(Path(env).resolve())
-    root = _running_config_root()
-    if root is not None:
-        root = root.resolve()
-        return str(root.parent if root.name == "configs" else root)
+    files = command_line_config_files()
+    if files:
+        folder = Path(files[0]).resolve().parent
+        return str(folder.parent if folder.name == "configs" else folder)
     candidates = [
         Path(__file__).resolve().parents[1] / "bundles" / name,
         Path.cwd() / "bundles" / name,

@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import sys
 from functools import partial
 from pathlib import Path
 
+import monai.bundle
 import nibabel as nib
 import numpy as np
 import pytest
@@ -45,6 +48,31 @@ def test_bundle_root_is_the_bundle_folder_from_any_working_directory(tmp_path, m
     wf = _workflow(TRAIN)
     assert Path(wf.parser.get_parsed_content("bundle_root")) == BUNDLE.resolve()
     assert Path(wf.parser.get_parsed_content("ckpt_dir")) == BUNDLE.resolve() / "models"
+
+
+def test_a_copied_bundle_run_from_the_repository_root_writes_into_the_copy(tmp_path, monkeypatch):
+    """``python -m monai.bundle run --config_file copy/configs/train.json`` from the repository: the copy's root."""
+    copy = tmp_path / "my ddad"
+    shutil.copytree(CONFIGS, copy / "configs")
+    monai_main = str(Path(monai.bundle.__file__).with_name("__main__.py"))
+    monkeypatch.chdir(REPO)
+    for argv in (
+        [monai_main, "run", "training", "--config_file", str(copy / "configs" / "train.json")],
+        [monai_main, "run", f"--config_file={copy / 'configs' / 'train.json'},{copy / 'configs' / 'evaluate.json'}"],
+        [monai_main, "run", "--config_file", str([str(copy / "configs" / "train.json")])],
+    ):
+        monkeypatch.setattr(sys, "argv", argv)
+        wf = _workflow(str(copy / "configs" / "train.json"))
+        assert Path(wf.parser.get_parsed_content("ckpt_dir")) == copy.resolve() / "models", argv
+    # another program's --config_file is not MONAI's: the repository's bundle, found from the package
+    monkeypatch.setattr(sys, "argv", ["other.py", "--config_file", str(copy / "configs" / "train.json")])
+    assert Path(_workflow(TRAIN).parser.get_parsed_content("bundle_root")) == BUNDLE.resolve()
+    # the model-zoo override, and the environment variable, win over the command line
+    monkeypatch.setattr(sys, "argv", [monai_main, "run", "--config_file", str(copy / "configs" / "train.json")])
+    monkeypatch.setenv("MEDAD_BUNDLE_ROOT", str(tmp_path / "elsewhere"))
+    assert Path(_workflow(TRAIN).parser.get_parsed_content("bundle_root")) == (tmp_path / "elsewhere").resolve()
+    wf = _workflow(TRAIN, bundle_root=str(tmp_path / "given"))
+    assert Path(wf.parser.get_parsed_content("ckpt_dir")) == tmp_path / "given" / "models"
 
 
 def test_train_writes_a_flat_state_dict_with_calibrated_threshold(trained):

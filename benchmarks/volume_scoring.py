@@ -39,10 +39,10 @@ def legacy_body_extent(model, domain: str) -> float:
     return body_extent(foreground_fraction(torch.stack([torch.as_tensor(x) for x in images])))
 
 
-def network_seconds(model, image: np.ndarray, least: float | None, batch_size: int = 16) -> float:
+def network_seconds(model, image: np.ndarray, least: float | None, relative: float, batch_size: int = 16) -> float:
     """The network's forward alone on the preprocessed slices the serving core scores, in its batches."""
     data = torch.as_tensor(image, dtype=torch.float32)[None]
-    window, _, scored = select_slices(model, data, 2, min_body_fraction=least)
+    window, _, scored = select_slices(model, data, 2, min_body_fraction=least, min_relative_body=relative)
     meta = {"filename_or_obj": "<array>", INTENSITY_WINDOW_KEY: window}
     items = [
         model.image_transforms({"image": MetaTensor(data[:, :, :, i].clone(), meta=meta)})["image"] for i in scored
@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="demo volume seeds (subjects)")
     parser.add_argument("--training_seed", type=int, default=0, help="which trained bundle of the run")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--min_relative_body", type=float, default=0.9, help="score_volume's relative body rule (0: absolute only)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +80,8 @@ def main() -> None:
         "| lesion voxels labelled | label Dice | serve s | network s | ratio |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    wins, rises, total, ratios = 0, 0, 0, []
+    wins, rises, labelled, total, ratios = 0, 0, 0, 0, []
+    rel = args.min_relative_body
     for bundle in args.bundles.split(","):
         for domain in args.domains.split(","):
             root = Path(args.run) / bundle / domain / f"seed{args.training_seed}" / "bundle"
@@ -94,11 +98,12 @@ def main() -> None:
                 )
             for seed in seeds:
                 normal, lesion = demo_volume(domain, False, seed), demo_volume(domain, True, seed)
-                rn = score_volume(model, normal.image, affine=normal.affine, min_body_fraction=least)
+                kwargs = {"min_body_fraction": least, "min_relative_body": rel}
+                rn = score_volume(model, normal.image, affine=normal.affine, **kwargs)
                 start = time.perf_counter()
-                rl = score_volume(model, lesion.image, affine=lesion.affine, min_body_fraction=least)
+                rl = score_volume(model, lesion.image, affine=lesion.affine, **kwargs)
                 serve = time.perf_counter() - start
-                net = network_seconds(model, lesion.image, least)
+                net = network_seconds(model, lesion.image, least, rel)
                 truth, label = lesion.mask.astype(bool), rl.mask.astype(bool)
                 covered = (truth & label).sum() / max(truth.sum(), 1)
                 dice = 2 * (truth & label).sum() / max(truth.sum() + label.sum(), 1)
@@ -106,6 +111,7 @@ def main() -> None:
                 # the same subject's lesion slices with and without the lesion: does the lesion raise their scores?
                 rise = paired_rise(rn.slice_scores, rl.slice_scores, lesion.lesion_slices)
                 wins, rises, total = wins + int(first), rises + int(rise > 0), total + 1
+                labelled += int(covered > 0)
                 ratios.append(serve / net)
                 print(
                     f"| {bundle} | {domain} | {seed} | {rn.score:.4f} | {rl.score:.4f} | {'yes' if first else 'no'} "
@@ -115,7 +121,8 @@ def main() -> None:
                 )
     print(
         f"\nlesion volume above the normal one: {wins} of {total}; lesion slices above the same slices without the "
-        f"lesion (mean over them): {rises} of {total}; serving / network time: median "
+        f"lesion (mean over them): {rises} of {total}; label on the lesion: {labelled} of {total} "
+        f"(min_relative_body {rel}); serving / network time: median "
         f"{np.median(ratios):.2f}x (max {np.max(ratios):.2f}x)"
     )
 

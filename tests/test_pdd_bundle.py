@@ -33,7 +33,7 @@ ARCH = {k: _TRAIN[k] for k in ("fusion", "plain_map", "diverse_levels")}
 SIZE = 64
 # the network-shape overrides every workflow of a tiny model needs (train, evaluate, infer, export)
 NET = {"image_size": SIZE, "decoder_blocks": [1, 1, 1], "wrn_weights": "random", "vmamba_weights": "random"}
-TINY = {**NET, "epochs": 1, "epoch_length": 16, "batch_size": 4, "seed": 0}
+TINY = {**NET, "epochs": 1, "epoch_length": 4, "batch_size": 4, "seed": 0}
 
 
 _workflow = partial(bundle_workflow, meta_file=META)
@@ -41,7 +41,7 @@ _workflow = partial(bundle_workflow, meta_file=META)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A bundle root with a tiny PDD trained for one epoch (16 iterations of batch 4) on the demo data, evaluated."""
+    """A bundle root with a tiny PDD trained for one epoch (4 iterations of batch 4) on the demo data, evaluated."""
     root = tmp_path_factory.mktemp("pdd_bundle")
     train_bundle(TRAIN, META, root, **TINY)
     wf = _workflow([TRAIN, EVALUATE], run_id="evaluating", bundle_root=str(root), **TINY)

@@ -292,12 +292,14 @@ RESUME_CASES = {
         "--resume: continuing after epoch",
     ),
     "ddad": (
-        ["--epochs", "2", "--asr_epochs", "2", "--num_members", "2"], "model.ndm.pt", "DDAD --resume: stages up to"
+        ["--epochs", "2", "--asr_epochs", "2", "--num_members", "2", "--image_size", "32"],
+        "model.ndm.pt",
+        "DDAD --resume: stages up to",
     ),
     # an epoch of 5 batches splits a pass over the data: the resumed run must continue the pass mid-way
     "d24fad": (
         ["--epochs", "3", "--epoch_length", "5", "--batch_size", "2", "--sources", "['demo:chest_xray']",
-         "--teacher_weights", "random"],
+         "--teacher_weights", "random", "--image_size", "32"],
         "training_state.pt",
         "--resume: continuing after epoch",
     ),

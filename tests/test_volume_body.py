@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from scipy import ndimage
 from test_volume_inference import TINY, make_ddad_bundle
 
 from medad_monai.data.demo_volumes import VOLUME_DOMAINS, demo_volume, write_demo_volumes
@@ -104,12 +105,30 @@ def test_slices_below_the_body_extent_get_no_score_no_map_and_no_label(model):
     np.testing.assert_array_equal(r.mask[:, :, 3], body)
     # without a recorded extent: the slices with at least half the largest slice's body
     assert score_volume(model, vol).scored_slices == [1, 2, 3, 4, 5, 6]
-    assert score_volume(model, vol, min_body_fraction=0.0).scored_slices == list(range(8))
+    assert score_volume(model, vol, min_body_fraction=0.0, min_relative_body=0.0).scored_slices == list(range(8))
+
+
+def test_the_relative_body_rule_follows_the_subject_and_is_validated(model):
+    vol = _volume()  # slices 0 and 7 hold 15% of the largest slice's body, 1-6 all of it
+    vol[:, :, 6] = np.where(_disc(11), vol[:, :, 6], vol.min())  # a section at 72% of the largest body
+    assert score_volume(model, vol, min_body_fraction=0.0).scored_slices == [1, 2, 3, 4, 5]  # default 0.9
+    r = score_volume(model, vol, min_body_fraction=0.0, min_relative_body=0.7)
+    assert r.scored_slices == [1, 2, 3, 4, 5, 6] and r.summary()["min_relative_body"] == 0.7
+    # the absolute extent still applies: a relative rule of 0 does not score bodies below it
+    assert score_volume(model, vol, min_body_fraction=0.3, min_relative_body=0.0).scored_slices == [1, 2, 3, 4, 5, 6]
+    for bad in (1.5, -0.1, "0.9", True):
+        with pytest.raises(ValueError, match="min_relative_body must be a fraction in"):
+            score_volume(model, vol, min_relative_body=bad)
+
+
+def _disc(radius: int) -> np.ndarray:
+    x, y = np.mgrid[0:32, 0:32]
+    return (x - 16) ** 2 + (y - 16) ** 2 < radius**2
 
 
 def test_a_volume_is_scaled_once_not_slice_by_slice(model):
     vol = _volume()
-    r = score_volume(model, vol, min_body_fraction=0.0)
+    r = score_volume(model, vol, min_body_fraction=0.0, min_relative_body=0.0)
     alone = [score_volume(model, vol[:, :, k]) for k in (4, 5)]
     # on its own, slice 5 (slice 4 at half the intensity) is stretched to slice 4's image: the same map
     np.testing.assert_allclose(alone[0].map, alone[1].map, atol=1e-5)
@@ -128,6 +147,21 @@ def test_demo_volumes_are_one_subject_with_and_without_a_lesion(domain):
     area = [foreground(normal.image[:, :, z].astype(np.float32)).mean() for z in (0, 16)]
     assert area[0] < 0.5 * area[1]  # the end slices hold little body, as the top of a head does
     assert demo_volume(domain, False, seed=2).image.tobytes() != normal.image.tobytes()  # subjects differ
+
+
+def test_the_slices_of_a_demo_volume_share_one_acquisition():
+    """One scanner run: neighbouring full sections of brain MR carry the same smooth bias field and noise level, so
+    they differ by noise alone (an independent field per slice would change their low-pass ratio by ~20%)."""
+    vol = demo_volume("brain_mr", False, seed=3).image.astype(np.float64)
+    a, b = vol[:, :, 15], vol[:, :, 16]
+    body = foreground(a.astype(np.float32)) & foreground(b.astype(np.float32))
+    ratio = ndimage.gaussian_filter(a, 6)[body] / ndimage.gaussian_filter(b, 6)[body]
+    assert ratio.std() < 0.02
+    # the field still varies across the volume (it is a 3D field, not a constant)
+    far = ndimage.gaussian_filter(vol[:, :, 6], 6)[body] / ndimage.gaussian_filter(vol[:, :, 25], 6)[body]
+    assert far.std() > 2 * ratio.std()
+    noise = [np.std((vol[:, :, z] - vol[:, :, z + 1])[body]) for z in (10, 14, 18)]
+    assert max(noise) < 1.15 * min(noise)  # one noise level
 
 
 def test_demo_volumes_are_written_as_nifti(tmp_path):

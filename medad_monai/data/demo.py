@@ -140,13 +140,27 @@ def _resample(field: np.ndarray, coords: np.ndarray, mode: str = "nearest") -> n
     return ndimage.map_coordinates(field, coords, order=1, mode=mode).astype(np.float32)
 
 
-def _acquire(rng: np.random.Generator, img: np.ndarray, var: SubjectVariation, foreground: np.ndarray) -> np.ndarray:
-    """Scanner effects on the (warped, possibly lesioned) anatomy: bias field, gain and noise inside the body."""
+def _acquire(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    var: SubjectVariation,
+    foreground: np.ndarray,
+    bias_field: np.ndarray | None = None,
+    noise_std: float | None = None,
+) -> np.ndarray:
+    """Scanner effects on the (warped, possibly lesioned) anatomy: bias field, gain and noise inside the body.
+
+    ``bias_field`` (unit standard deviation) and ``noise_std`` are drawn here unless given: the sections of one volume
+    share the scanner's smooth 3D field and noise level (:mod:`medad_monai.data.demo_volumes`).
+    """
     n = img.shape[0]
-    if var.bias > 0:
-        img = img * (1.0 + var.bias * _smooth_noise(rng, n, n / 4))
+    if bias_field is None and var.bias > 0:
+        bias_field = _smooth_noise(rng, n, n / 4)
+    if bias_field is not None:
+        img = img * (1.0 + var.bias * bias_field)
     img = img * rng.uniform(*var.gain)
-    return img + rng.uniform(*var.noise) * rng.standard_normal((n, n)).astype(np.float32) * foreground
+    std = rng.uniform(*var.noise) if noise_std is None else noise_std
+    return img + std * rng.standard_normal((n, n)).astype(np.float32) * foreground
 
 
 # ----------------------------------------------------------------------------------------------- normal anatomy

@@ -64,6 +64,16 @@ def _section(field: np.ndarray, scale: float, mode: str = "constant") -> np.ndar
     return _resample(field, np.stack([c + (y - c) / scale, c + (x - c) / scale]), mode)
 
 
+def _bias_volume(rng: np.random.Generator, size: int, num_slices: int, slice_spacing: float) -> np.ndarray:
+    """A smooth multiplicative field of unit standard deviation over the volume, ``(Z, size, size)``: the 2D demo's
+    field (Gaussian-filtered noise, sigma a quarter of the width at 1 mm pixels) extended to 3D."""
+    sigma = size / 4
+    field = ndimage.gaussian_filter(
+        rng.standard_normal((num_slices, size, size)).astype(np.float32), (sigma / slice_spacing, sigma, sigma)
+    )
+    return field / (field.std() + 1e-8)
+
+
 def demo_volume(
     domain: str,
     abnormal: bool,
@@ -119,9 +129,17 @@ def demo_volume(
             masks[z] = m
             touched.append(z)
     noise_rng = np.random.default_rng([seed, 5, *domain.encode()])  # same scanner gain and noise in both versions
+    # one acquisition: one gain, one noise level and one bias field, smooth in 3D (as wide along Z, in mm, as in
+    # plane), for every slice; independent per-slice fields would make neighbouring sections of one subject differ
+    # as much as two subjects do, which no scanner does
     gain = noise_rng.uniform(*var.gain)
-    scanner = replace(var, gain=(gain, gain))  # one subject: one gain for every slice
-    out = [np.clip(_acquire(noise_rng, s, scanner, body), 0.0, 1.0) for s, body in zip(slices, bodies)]
+    scanner = replace(var, gain=(gain, gain))
+    noise_std = float(noise_rng.uniform(*var.noise))
+    bias = _bias_volume(noise_rng, size, num_slices, slice_spacing) if var.bias > 0 else [None] * num_slices
+    out = [
+        np.clip(_acquire(noise_rng, s, scanner, body, field, noise_std), 0.0, 1.0)
+        for s, body, field in zip(slices, bodies, bias)
+    ]
     scale, offset, dtype = VOLUME_DOMAINS[domain]
     volume = np.stack(out, axis=-1).transpose(1, 0, 2) * scale + offset  # (rows, cols, Z) -> (X=cols, Y=rows, Z)
     volume = volume.round().astype(dtype) if np.issubdtype(dtype, np.integer) else volume.astype(dtype)

@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         help="anomalous_slices (default): mask and SEG only in slices scored anomalous; all: every pixel above",
     )
     p.add_argument(
+        "--min-relative-body",
+        type=float,
+        help="score a 3D volume's slices with at least this fraction of its largest slice's body (default 0.9; "
+        "0: every level inside the body, for models trained on all levels)",
+    )
+    p.add_argument(
         "--strict",
         action="store_const",
         const="1",
@@ -108,6 +114,7 @@ def parse_options(argv: list[str] | None = None, env: dict[str, str] | None = No
             top_k=pick("top_k", int, 3),
             batch_size=pick("batch_size", int, 16),
             mask_scope=pick("mask_scope", str, "anomalous_slices"),
+            min_relative_body=pick("min_relative_body", float, 0.9),
         )
     except ValueError as e:
         raise ValueError(f"{e} (its command-line option or {ENV_PREFIX}<OPTION> variable)") from e

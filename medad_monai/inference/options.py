@@ -22,6 +22,9 @@ class ScoringOptions:
         top_k: slices averaged by ``topk``.
         batch_size: slices per network call.
         mask_scope: ``anomalous_slices`` (the label only in slices whose score exceeds the threshold) or ``all``.
+        min_relative_body: a 3D volume's slices are scored only when their body is at least this fraction of the
+            volume's largest slice's (besides the model's absolute body extent): the levels of full sections, which
+            2D training slices show; ``0`` scores every level inside the body (for models trained on all levels).
 
     Raises:
         ValueError: naming the option and the values it takes.
@@ -32,6 +35,7 @@ class ScoringOptions:
     top_k: int = 3
     batch_size: int = 16
     mask_scope: str = "anomalous_slices"
+    min_relative_body: float = 0.9
 
     def __post_init__(self) -> None:
         if isinstance(self.axis, bool) or self.axis not in (0, 1, 2, -1, -2, -3):
@@ -40,6 +44,9 @@ class ScoringOptions:
             raise ValueError(f"volume_reduction must be one of {VOLUME_REDUCTIONS}, got {self.volume_reduction!r}")
         if self.mask_scope not in MASK_SCOPES:
             raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {self.mask_scope!r}")
+        fraction = self.min_relative_body
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"min_relative_body must be a fraction in [0, 1], got {self.min_relative_body!r}")
         for name in ("top_k", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -16,9 +16,12 @@ Only the slices that show as much body as the model knows are scored: a voxel is
 intensity exceeds ``foreground_threshold`` (holes filled per slice, so dark lesions inside the body count), and a
 slice is scored when its foreground fraction reaches the model's body extent, recorded at calibration from its
 normals (``body_fraction``: 0.8 times their 5% quantile; a model without one scores the slices with at least half
-the largest slice's foreground). Excluded slices get a zero map, no label and no score; the volume score is the
-``volume_reduction`` (default ``max``) of the scored slices' scores. Without that rule the top slice of a head, a
-section with a few pixels of tissue that looks unlike any training image, outscores a lesion.
+the largest slice's foreground), and ``min_relative_body`` (default 0.9) of the volume's largest slice's. The second
+rule follows the subject: a 2D model trained on full sections has not seen the shrinking sections towards the top of
+a head or the ends of an abdomen, whose body is still above the absolute extent of smaller subjects, and scores them
+as anomalous, above a lesion in the middle. Excluded slices get a zero map, no label and no score; the volume score
+is the ``volume_reduction`` (default ``max``) of the scored slices' scores. Without these rules the top slice of a
+head, a section with a few pixels of tissue that looks unlike any training image, outscores a lesion.
 
 MONAI's ``SliceInferer`` was considered: it runs a 2D network over the slices of a tensor at the slices' native size
 and cannot apply per-slice preprocessing (resize, channel policy, per-slice scaling) or per-slice scores, which
@@ -79,6 +82,7 @@ class AnomalyResult:
         affine: 4x4 affine of the input (identity for arrays given without one).
         source: the input path, or ``"<array>"``.
         axis: the slicing axis (None for 2D); volume_reduction: how slice scores became ``score``.
+        min_relative_body: the relative body rule the slices were selected with (3D; see :func:`score_volume`).
         image: the input intensities (channels averaged), spatial shape: what overlays draw on.
         model: :meth:`BundleModel.describe` of the model that scored it.
     """
@@ -95,6 +99,7 @@ class AnomalyResult:
     mask_scope: str = "anomalous_slices"
     axis: int | None = None
     volume_reduction: str = "max"
+    min_relative_body: float = 0.0
     scored_slices: list[int] = field(default_factory=lambda: [0])
     image: np.ndarray | None = field(default=None, repr=False)
     model: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +130,7 @@ class AnomalyResult:
             "top_slice": self.top_slice,
             "axis": self.axis,
             "volume_reduction": self.volume_reduction,
+            "min_relative_body": self.min_relative_body,
             "shape": list(self.map.shape),
             "anomalous_pixels": int(self.mask.sum()),
             "model": dict(self.model),
@@ -306,6 +312,7 @@ def body_slices(
     window: tuple[float, float, bool] | None,
     min_fraction: float | None = None,
     foreground_threshold: float = FOREGROUND_THRESHOLD,
+    min_relative: float = 0.0,
 ) -> tuple[np.ndarray, list[int]]:
     """Foreground voxels and the slices inside the body of a channel-first volume.
 
@@ -313,18 +320,20 @@ def body_slices(
     ``foreground_threshold``; holes are filled slice by slice (:func:`~medad_monai.data.foreground.foreground`). A
     slice is inside the body when its foreground fraction is at least ``min_fraction`` (the model's body extent,
     see :mod:`medad_monai.networks.body_extent`; ``0``: every slice with any foreground) or, when that is ``None``,
-    at least :data:`RELATIVE_BODY` times the largest slice's.
+    at least :data:`RELATIVE_BODY` times the largest slice's; and, in every case, at least ``min_relative`` times the
+    largest slice's.
 
     Returns:
         the boolean foreground (spatial shape) and the sorted indices (along ``axis``) of the slices inside the body.
     """
-    if min_fraction is not None and not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"the minimum body fraction of a slice must be in [0, 1], got {min_fraction}")
+    for name, value in (("minimum body fraction", min_fraction), ("minimum relative body", min_relative)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"the {name} of a slice must be in [0, 1], got {value}")
     vol = np.moveaxis(data.float().mean(0).numpy(), axis, 0)
     low, high = (window[0], window[1]) if window is not None else (float(vol.min()), float(vol.max()))
     fg = np.stack([foreground(s, (low, high), foreground_threshold) for s in vol])
     area = fg.reshape(fg.shape[0], -1).mean(1)
-    least = RELATIVE_BODY * area.max() if min_fraction is None else min_fraction
+    least = max(RELATIVE_BODY * area.max() if min_fraction is None else min_fraction, min_relative * area.max())
     keep = np.flatnonzero((area > 0) & (area >= least))
     return np.moveaxis(fg, 0, axis), [int(i) for i in keep]
 
@@ -336,12 +345,15 @@ def select_slices(
     source: str = "<array>",
     min_body_fraction: float | None = None,
     foreground_threshold: float = FOREGROUND_THRESHOLD,
+    min_relative_body: float = 0.0,
 ) -> tuple[tuple[float, float, bool] | None, np.ndarray, list[int]]:
     """What :func:`score_volume` scores of a channel-first volume: its intensity window (:func:`volume_window`), its
     foreground and the slices inside the body (:func:`body_slices`, by default at the model's body extent)."""
     window = volume_window(model, data, source)
     least = model.body_fraction if min_body_fraction is None else float(min_body_fraction)
-    foreground, scored = body_slices(data, axis, window, least if np.isfinite(least) else None, foreground_threshold)
+    foreground, scored = body_slices(
+        data, axis, window, least if np.isfinite(least) else None, foreground_threshold, min_relative_body
+    )
     return window, foreground, scored
 
 
@@ -358,6 +370,7 @@ def score_volume(
     batch_size: int = 16,
     min_body_fraction: float | None = None,
     foreground_threshold: float = FOREGROUND_THRESHOLD,
+    min_relative_body: float = 0.9,
 ) -> AnomalyResult:
     """Score a 2D image or a 3D volume with a 2D bundle.
 
@@ -381,12 +394,14 @@ def score_volume(
             recorded body extent (the body its calibration normals show), or, for a model without one,
             :data:`RELATIVE_BODY` of the largest slice's. Slices below it get no score, no map and no label.
         foreground_threshold: which voxels are foreground (:func:`body_slices`).
+        min_relative_body: the least body of a scored slice as a fraction of the volume's largest slice's (3D inputs
+            only; default 0.9: the levels of full sections); ``0`` keeps only the absolute rule above.
 
     Raises:
         ImageReadError: naming the file, when it cannot be read or holds non-finite values.
     """
     # one validation of the scoring options (medad_monai.inference.options), whichever caller passed them
-    opts = ScoringOptions(axis, volume_reduction, int(top_k), int(batch_size), mask_scope)
+    opts = ScoringOptions(axis, volume_reduction, int(top_k), int(batch_size), mask_scope, min_relative_body)
     data, aff, source = _as_input(image, affine)
     spatial = tuple(data.shape[1:])
     t = float(threshold) if threshold is not None else model.threshold
@@ -398,7 +413,9 @@ def score_volume(
         foreground = np.ones(spatial, dtype=bool)
     else:
         ax = opts.axis % 3
-        window, foreground, scored = select_slices(model, data, ax, source, min_body_fraction, foreground_threshold)
+        window, foreground, scored = select_slices(
+            model, data, ax, source, min_body_fraction, foreground_threshold, opts.min_relative_body
+        )
         if not scored:
             raise ImageReadError(f"image '{source}' has no foreground: every voxel is at or below its background level")
         slices = [data.select(ax + 1, i) for i in scored]
@@ -437,6 +454,7 @@ def score_volume(
         mask_scope=mask_scope,
         axis=ax,
         volume_reduction=volume_reduction,
+        min_relative_body=float(opts.min_relative_body) if ax is not None else 0.0,
         scored_slices=scored,
         image=data.mean(0).numpy().astype(np.float32),
         model=model.describe(),

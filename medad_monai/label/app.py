@@ -11,15 +11,16 @@ and two active-learning strategies over the unreviewed studies, ``most_anomalous
 
 Configuration (``monailabel start_server ... --conf KEY VALUE``):
 
-==================  =====================================================================================
-``models``          ``all`` (default) or comma-separated bundle names (``ddad,pdd``)
-``bundles``         folder holding the bundle folders (default: ``<repository>/bundles``)
-``axis``            slicing axis for 3D volumes, 0/1/2 (default 2: axial for RAS-oriented NIfTI)
-``volume_reduction``  volume score from slice scores: ``max`` (default), ``mean``, ``topk``
-``strategy_model``  the bundle the active-learning strategies rank with (default: the first trained one)
-``device``          ``cpu``, ``cuda``... (default: CUDA when available)
-``heatmap``         ``true`` (default) to add the ``<name>_heatmap`` infer tasks
-==================  =====================================================================================
+=====================  =====================================================================================
+``models``             ``all`` (default) or comma-separated bundle names (``ddad,pdd``)
+``bundles``            folder holding the bundle folders (default: ``<repository>/bundles``)
+``axis``               slicing axis for 3D volumes, 0/1/2 (default 2: axial for RAS-oriented NIfTI)
+``volume_reduction``   volume score from slice scores: ``max`` (default), ``mean``, ``topk``
+``min_relative_body``  score the slices with at least this fraction of the volume's largest slice's body (0.9)
+``strategy_model``     the bundle the active-learning strategies rank with (default: the first trained one)
+``device``             ``cpu``, ``cuda``... (default: CUDA when available)
+``heatmap``            ``true`` (default) to add the ``<name>_heatmap`` infer tasks
+=====================  =====================================================================================
 
 Errors a client can act on (an unreadable study, a bundle without a trained model, bad options) come back as HTTP
 errors whose ``detail`` names the study or bundle and the problem; the server keeps serving.
@@ -81,6 +82,13 @@ def _http_error(e: MONAILabelException) -> HTTPException:
     return HTTPException(status_code=_HTTP_STATUS.get(e.error, 500), detail=e.msg)
 
 
+def _fraction(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}") from None
+
+
 class AnomalyLabelApp(MONAILabelApp):
     """MONAI Label app for anomaly bundles; ``conf`` keys are listed in the module docstring."""
 
@@ -89,7 +97,9 @@ class AnomalyLabelApp(MONAILabelApp):
         self.bundles = find_bundles(conf.get("bundles", str(REPO_BUNDLES)), conf.get("models", "all"))
         try:  # validated once, by ScoringOptions (medad_monai.inference.options)
             self.scoring = ScoringOptions(
-                axis=int(conf.get("axis", 2)), volume_reduction=conf.get("volume_reduction", "max")
+                axis=int(conf.get("axis", 2)),
+                volume_reduction=conf.get("volume_reduction", "max"),
+                min_relative_body=_fraction(conf.get("min_relative_body", 0.9), "min_relative_body"),
             )
         except ValueError as e:
             raise ValueError(f"conf: {e}") from e

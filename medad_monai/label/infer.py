@@ -67,7 +67,8 @@ class AnomalyInferTask(BasicInferTask):
         served: the app's shared :class:`~medad_monai.label.models.ServedBundles`.
         output: ``"mask"`` (thresholded ``anomaly`` label) or ``"heatmap"`` (float map).
         scoring: the default :class:`~medad_monai.inference.ScoringOptions` (slicing axis, volume reduction,
-            ...); a request may override ``axis``, ``volume_reduction`` and ``top_k`` (``{"axis": 0}``).
+            ...); a request may override ``axis``, ``volume_reduction``, ``top_k`` and ``min_relative_body``
+            (``{"axis": 0}``).
         dimension: what the task reports to clients (3: it serves volumes; 2D images work too).
     """
 
@@ -95,7 +96,12 @@ class AnomalyInferTask(BasicInferTask):
             labels={"anomaly": 1},
             dimension=dimension,
             description=f"{meta.get('name', self.bundle.name)}: {kind}; 3D volumes scored slice by slice",
-            config={"axis": self.scoring.axis, "volume_reduction": reductions, "top_k": self.scoring.top_k},
+            config={
+                "axis": self.scoring.axis,
+                "volume_reduction": reductions,
+                "top_k": self.scoring.top_k,
+                "min_relative_body": self.scoring.min_relative_body,
+            },
         )
         self.version = meta.get("version")
 
@@ -128,6 +134,7 @@ class AnomalyInferTask(BasicInferTask):
                 axis=int(_first(data.get("axis", self.scoring.axis))),
                 volume_reduction=str(_first(data.get("volume_reduction", self.scoring.volume_reduction))),
                 top_k=int(_first(data.get("top_k", self.scoring.top_k))),
+                min_relative_body=float(_first(data.get("min_relative_body", self.scoring.min_relative_body))),
             )
             result = score_volume(model, image, **scoring.as_kwargs())
         except ImageReadError as e:

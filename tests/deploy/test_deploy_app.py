@@ -262,6 +262,10 @@ def test_invalid_options_are_named(tmp_path):
         parse_options([], env={"MEDAD_DEPLOY_MASK_SCOPE": "some"})
     with pytest.raises(ValueError, match="MEDAD_DEPLOY_STRICT='maybe'"):
         parse_options([], env={"MEDAD_DEPLOY_STRICT": "maybe"})
+    with pytest.raises(ValueError, match="min_relative_body must be a fraction in .*MEDAD_DEPLOY_"):
+        parse_options([], env={"MEDAD_DEPLOY_MIN_RELATIVE_BODY": "1.5"})
+    assert parse_options(["--min-relative-body", "0"], env={}).scoring.min_relative_body == 0.0
+    assert parse_options([], env={"MEDAD_DEPLOY_MIN_RELATIVE_BODY": "0.8"}).scoring.min_relative_body == 0.8
     opts = parse_options(["--axis", "0", "-i", "x"], env={**env, "MEDAD_DEPLOY_TOP_K": "2"})
     assert (opts.scoring.axis, opts.scoring.top_k, opts.input, opts.model) == (
         0,

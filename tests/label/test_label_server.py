@@ -219,7 +219,8 @@ def test_infer_3d_volume_is_scored_slice_by_slice_in_the_input_geometry(server, 
     assert mask.shape == vol.shape
     assert np.allclose(mask.affine, vol.affine, atol=1e-4)  # spacing and orientation kept
     assert len(result["slice_scores"]) == vol.shape[2] and result["axis"] == 2
-    assert result["score"] == pytest.approx(max(result["slice_scores"]))  # default volume score: max slice
+    scored = [v for v in result["slice_scores"] if v is not None]  # the levels of full sections (min_relative_body)
+    assert result["score"] == pytest.approx(max(scored)) and result["min_relative_body"] == 0.9  # the max slice
     # options from the request: another axis and reduction
     other, _ = _infer(server, "ddad", "volume", axis=0, volume_reduction="mean")
     assert len(other["slice_scores"]) == vol.shape[0]

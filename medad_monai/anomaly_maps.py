@@ -37,9 +37,11 @@ def cosine_distance_map(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
         eps: numerical floor of the norms, as in :func:`torch.nn.functional.cosine_similarity`.
 
     Returns:
-        ``(B, 1, h, w)`` map in ``[0, 2]``.
+        ``(B, 1, h, w)`` float32 map in ``[0, 2]``.
     """
-    return (1.0 - F.cosine_similarity(a, b, dim=1, eps=eps)).unsqueeze(1)
+    # in float32 even when the features come from a mixed-precision forward: near cos = 1, bfloat16's 8-bit mantissa
+    # leaves steps of 0.004, as coarse as the whole range of a normal image's map (a no-op for float32 features)
+    return (1.0 - F.cosine_similarity(a.float(), b.float(), dim=1, eps=eps)).unsqueeze(1)
 
 
 def multiscale_anomaly_map(
@@ -135,6 +137,15 @@ class GaussianBlur2d(nn.Module):
             raise ValueError(f"GaussianBlur2d expects a (B, C, H, W) tensor, got {x.dim()} dimensions")
         if self.radius == 0:
             return x
+        # TorchScript skips this block (is_scripting() is resolved when compiling); eager mixed precision would run
+        # the convolutions in bfloat16/float16 and quantise the map, so they run in float32 there
+        if not torch.jit.is_scripting():  # noqa: SIM102 (must stay a separate `if` for TorchScript)
+            if torch.is_autocast_enabled(x.device.type):
+                with torch.autocast(device_type=x.device.type, enabled=False):
+                    return self._blur(x.float())
+        return self._blur(x)
+
+    def _blur(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         k = self.kernel.to(dtype=x.dtype)
         # Fold channels into the batch axis: one single-channel convolution per 2-D map, so nothing is ever

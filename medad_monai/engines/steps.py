@@ -18,27 +18,61 @@ from monai.inferers import Inferer
 from monai.utils import CommonKeys
 from torch import nn
 
-__all__ = ["MethodInferer", "PrepareBatchKeys"]
+__all__ = ["AMP_DTYPES", "MethodInferer", "PrepareBatchKeys", "to_float32"]
+
+# autocast dtypes a config may name; bfloat16 needs no gradient scaler (float16 training would: MONAI's ``amp``)
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def to_float32(outputs: Any) -> Any:
+    """``outputs`` (a tensor, or dicts, lists and tuples of them) with reduced-precision floats cast to float32, so
+    that losses, scores and thresholds are computed in float32 whatever the forward ran in."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.dtype in (torch.bfloat16, torch.float16) else outputs
+    if isinstance(outputs, dict):
+        return {k: to_float32(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(to_float32(v) for v in outputs)
+    return outputs
+
+
+def _device_type(inputs: Any) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.device.type
+    if isinstance(inputs, dict):
+        return next((v.device.type for v in inputs.values() if isinstance(v, torch.Tensor)), "cpu")
+    return "cpu"
 
 
 class MethodInferer(Inferer):
-    """Call ``network.<method>(inputs)`` (or ``network.<method>(**inputs)`` for a dict of inputs).
+    """Call ``network.<method>(inputs)`` (or ``network.<method>(**inputs)`` for a dict of inputs), optionally under
+    automatic mixed precision.
 
     Args:
-        method: name of the network method, e.g. ``"training_outputs"``, ``"refinement_outputs"``, ``"image_scores"``.
+        method: name of the network method, e.g. ``"training_outputs"``, ``"refinement_outputs"``, ``"forward"``.
+        amp: run the method under ``torch.autocast`` on the inputs' device (CPU or CUDA) with ``amp_dtype``; the
+            outputs come back in float32. MONAI's own ``amp`` switch of its engines autocasts on CUDA only (and adds
+            a float16 gradient scaler), so the bundles' ``amp`` key drives this one, on every device.
+        amp_dtype: ``"bfloat16"`` (default: float32's range, no scaler needed) or ``"float16"`` (inference).
     """
 
-    def __init__(self, method: str = "training_outputs") -> None:
+    def __init__(self, method: str = "training_outputs", amp: bool = False, amp_dtype: str = "bfloat16") -> None:
         super().__init__()
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {amp_dtype!r}")
         self.method = method
+        self.amp = bool(amp)
+        self.amp_dtype = amp_dtype
 
     def __call__(self, inputs: Any, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(network, self.method, None)
         if fn is None:
             raise AttributeError(f"{type(network).__name__} has no method {self.method!r}")
-        if isinstance(inputs, dict):
-            return fn(**inputs, **kwargs)
-        return fn(inputs, *args, **kwargs)
+        if not self.amp:
+            return fn(**inputs, **kwargs) if isinstance(inputs, dict) else fn(inputs, *args, **kwargs)
+        with torch.autocast(device_type=_device_type(inputs), dtype=AMP_DTYPES[self.amp_dtype]):
+            out = fn(**inputs, **kwargs) if isinstance(inputs, dict) else fn(inputs, *args, **kwargs)
+        return to_float32(out)
 
 
 class PrepareBatchKeys(PrepareBatch):

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ class BundleModel:
         reduction: the image score of a map, ``"mean"`` (DDAD) or ``"max"`` (others), as the network states it.
         channels, spatial_size: the network input from metadata ``inputs.image``.
         model_file: the weights served; model_version: :func:`file_version` of it.
+        inferer: the config's ``inferer`` (how the network runs: its ``amp`` switch); ``None``: ``network(x)``.
     """
 
     root: Path
@@ -126,6 +128,7 @@ class BundleModel:
     model_version: str
     metadata: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    inferer: Callable[[torch.Tensor, nn.Module], torch.Tensor] | None = None
 
     @property
     def threshold(self) -> float:
@@ -144,7 +147,9 @@ class BundleModel:
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Anomaly maps ``(B, 1, H, W)`` (float32, CPU) of a preprocessed batch ``(B, C, H, W)``."""
         x = torch.as_tensor(images, dtype=torch.float32).to(self.device)
-        return self.network(x).float().cpu()
+        # the config's inferer, as the bundle's own inference runs it (its ``amp`` switch); bare TorchScript: forward
+        out = self.inferer(x, self.network) if self.inferer is not None else self.network(x)
+        return out.float().cpu()
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Image scores ``(B,)`` of network-resolution maps ``(B, 1, H, W)`` (:func:`~medad_monai.scores.image_score`
@@ -358,6 +363,10 @@ def load_bundle_model(
     spatial_size = tuple(int(s) for s in inp.get("spatial_shape", ()))
 
     network, model_file = _load_network(parser, files, prefer, dev, setup)
+    try:
+        inferer = parser.get_parsed_content("inferer") if "inferer" in parser else None
+    except Exception as e:
+        raise BundleLoadError(f"bundle '{root}': cannot build the inferer: {type(e).__name__}: {e}") from e
     reduction = _served_reduction(network, parser, root)
     threshold = getattr(network, "threshold", None)
     if isinstance(threshold, torch.Tensor) and threshold.numel() == 1 and not torch.isfinite(threshold).item():
@@ -380,4 +389,5 @@ def load_bundle_model(
         model_version=file_version(model_file),
         metadata=metadata,
         config=config,
+        inferer=inferer,
     )

@@ -406,6 +406,27 @@ def selective_scan(
             if C.dim() == 3:
                 C = C.unsqueeze(1)
             return _selective_scan_mamba_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        if torch.is_autocast_enabled(u.device.type):
+            # the recurrence (cumulative sums and products over L) runs in float32 under mixed precision, as the
+            # official CUDA kernel computes it; autocast would run its matmuls in bfloat16/float16
+            with torch.autocast(device_type=u.device.type, enabled=False):
+                return _pytorch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size, block_size)
+    return _pytorch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size, block_size)
+
+
+def _pytorch_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,  # noqa: N803 (official S6 notation)
+    B: Tensor,  # noqa: N803 (official S6 notation)
+    C: Tensor,  # noqa: N803 (official S6 notation)
+    D: Tensor | None,  # noqa: N803 (official S6 notation)
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    chunk_size: int,
+    block_size: int,
+) -> Tensor:
+    """The PyTorch scans: chunked for ``d_state == 1``, block-wise otherwise."""
     if _prefers_chunked_scan(A.shape[-1]):
         return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)
     return selective_scan_blockwise(u, delta, A, B, C, D, delta_bias, delta_softplus, block_size)

@@ -1,0 +1,138 @@
+"""GPU check: each bundle's training step and inference at the paper's sizes, float32 against mixed precision.
+
+For every bundle it builds the network, loss and training inferer from the bundle's own ``train.json`` (random
+weights: speed does not depend on them), runs a few optimiser steps on random batches and a few inference batches,
+first in float32, then with the bundles' ``amp`` switch (:class:`~medad_monai.engines.steps.MethodInferer` under
+``torch.autocast``, bfloat16 by default), and prints images/s for both and their ratio, with the largest map
+difference relative to the float32 map's largest value. Sizes follow the papers: DDAD 64 px (Cai et al.), PDD and
+D²4FAD 256 px. On an H100/H200-class GPU the whole check takes well under 5 minutes.
+
+    python benchmarks/gpu_check.py                               # CUDA, all bundles, paper sizes
+    python benchmarks/gpu_check.py --device cpu --image_size 64 --batch_size 2 --iterations 2   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from medad_monai.engines.steps import AMP_DTYPES, MethodInferer
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+PAPER_SIZE = {"ddad": 64, "pdd": 256, "d24fad": 256}
+RANDOM_WEIGHTS = {
+    "ddad": {},
+    "pdd": {"wrn_weights": "random", "vmamba_weights": "random"},
+    "d24fad": {"teacher_weights": "random"},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(step: Callable[[], Any], images: int, iterations: int, device: torch.device) -> float:
+    """Images per second of ``step`` (``images`` per call) over ``iterations`` calls after two warm-up calls."""
+    for _ in range(2):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        step()
+    _sync(device)
+    return images * iterations / (time.perf_counter() - start)
+
+
+def _build(bundle: str, size: int) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, MethodInferer]:
+    """(network, the module the trainer optimises, loss, training inferer) from the bundle's ``train.json``."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
+    for k, v in {"image_size": size, **RANDOM_WEIGHTS[bundle]}.items():
+        parser[k] = v
+    net = parser.get_parsed_content("network_def")
+    trained = net.ndm if bundle == "ddad" else net  # DDAD's first stage: the normal-data ensemble
+    return net, trained, parser.get_parsed_content("loss"), parser.get_parsed_content("train#inferer")
+
+
+def _inputs(bundle: str, net: torch.nn.Module, batch: int, size: int, device: torch.device) -> Any:
+    channels = 1 if bundle == "ddad" else 3
+    x = torch.rand(batch, channels, size, size, device=device)
+    if bundle == "d24fad":
+        return {"query": x, "support": torch.rand(batch, net.num_support, channels, size, size, device=device)}
+    if bundle == "ddad":  # one batch per ensemble member (each member sees its own order of the normals)
+        return {"train": torch.rand(batch, len(net.ndm.members), channels, size, size, device=device), "infer": x}
+    return x
+
+
+def check(bundle: str, size: int, batch: int, iterations: int, device: torch.device, amp_dtype: str) -> dict:
+    torch.manual_seed(0)
+    net, trained, loss_fn, train_inferer = _build(bundle, size)
+    net.to(device)
+    optimizer = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=1e-4)
+    inputs = _inputs(bundle, net, batch, size, device)
+    train_inputs = inputs["train"] if bundle == "ddad" else inputs
+    out: dict[str, Any] = {"bundle": bundle, "size": size, "batch": batch}
+    for amp in (False, True):
+        inferer = MethodInferer(train_inferer.method, amp=amp, amp_dtype=amp_dtype)
+
+        def train_step(inferer: MethodInferer = inferer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(inferer(train_inputs, trained), None).backward()
+            optimizer.step()
+
+        trained.train()
+        out[f"train_{'amp' if amp else 'fp32'}"] = _rate(train_step, batch, iterations, device)
+    net.eval()
+    x = inputs if isinstance(inputs, torch.Tensor) else inputs["query" if bundle == "d24fad" else "infer"]
+    if bundle == "d24fad":
+        with torch.no_grad():
+            net.set_support(inputs["support"][0])
+    maps = {}
+    for amp in (False, True):
+        inferer = MethodInferer("forward", amp=amp, amp_dtype=amp_dtype)
+        with torch.no_grad():
+            out[f"infer_{'amp' if amp else 'fp32'}"] = _rate(lambda i=inferer: i(x, net), batch, iterations, device)
+            maps[amp] = inferer(x, net)
+    out["map_error"] = float((maps[True] - maps[False]).abs().amax() / maps[False].abs().amax())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--bundles", default="ddad,pdd,d24fad")
+    parser.add_argument("--image_size", type=int, default=0, help="0: each paper's size (DDAD 64, PDD/D²4FAD 256)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=10, help="timed steps (after two warm-up steps)")
+    parser.add_argument("--amp_dtype", default="bfloat16", choices=sorted(AMP_DTYPES))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: CUDA is not available here; run it on a GPU machine or pass --device cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}, torch {torch.__version__}, amp dtype {args.amp_dtype}, {args.iterations} timed steps")
+    print(
+        "| bundle | px | batch | train img/s fp32 | train img/s amp | x | infer img/s fp32 | infer img/s amp | x "
+        "| map diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for bundle in args.bundles.split(","):
+        size = args.image_size or PAPER_SIZE[bundle]
+        r = check(bundle, size, args.batch_size, args.iterations, device, args.amp_dtype)
+        print(
+            f"| {bundle} | {size} | {r['batch']} | {r['train_fp32']:.1f} | {r['train_amp']:.1f} | "
+            f"{r['train_amp'] / r['train_fp32']:.2f} | {r['infer_fp32']:.1f} | {r['infer_amp']:.1f} | "
+            f"{r['infer_amp'] / r['infer_fp32']:.2f} | {r['map_error']:.1%} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

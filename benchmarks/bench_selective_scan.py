@@ -8,12 +8,14 @@ Model", NeurIPS 2024): L = 64 * 64 = 4096, d_inner = 96, K = 4 scan routes, d_st
     # the original VMamba-T (v0, PDD's teacher): d_state 16, d_inner 192; block-wise scan, block sizes 0 (auto), 64
     python benchmarks/bench_selective_scan.py --d-inner 192 --d-state 16 --sweep 0 64 --model v0 --threads 1
 
-With d_state 1 the sizes in --chunk-size / --sweep are chunk lengths of the closed-form chunked scan; with a larger
-d_state they are block lengths of the block-wise scan (0: automatic), the scan the dispatcher then uses.
+With d_state 1 the sizes in --chunk-size / --sweep are chunk lengths of the closed-form (PyTorch) scan, and the
+compiled loop (numba, when installed; what the network runs on CPU) is timed too; with a larger d_state they are
+block lengths of the block-wise scan (0: automatic), the scan the dispatcher then uses.
 """
 
 import argparse
 import statistics
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from medad_monai.benchmarking import add_runtime_args, runtime_device, time_calls
 from medad_monai.networks.selective_scan import (
     DEFAULT_CHUNK_SIZE,
+    HAS_NUMBA,
     selective_scan_blockwise,
     selective_scan_chunked,
     selective_scan_ref,
@@ -30,6 +33,13 @@ from medad_monai.networks.vmamba import vanilla_vmamba_tiny, vmamba_tiny
 
 def _fmt(times: list[float]) -> str:
     return f"median {statistics.median(times) * 1e3:8.2f} ms  (min {min(times) * 1e3:.2f}, n={len(times)})"
+
+
+def _time_scan(label: str, fn: Callable[[], torch.Tensor], ref_out: torch.Tensor, ref_med: float, args) -> None:
+    """Time one scan, print its median, its speed-up over the sequential reference and its largest deviation."""
+    err = (fn() - ref_out).abs().max().item()
+    times = time_calls(fn, args.repeats, 1, ref_out.device)
+    print(f"  {label}: {_fmt(times)}  speed-up x{ref_med / statistics.median(times):.1f}  max|diff| {err:.1e}")
 
 
 def main() -> None:
@@ -70,25 +80,33 @@ def main() -> None:
         print(f"  sequential reference      : {_fmt(ref_times)}")
         ref_med = statistics.median(ref_times)
         if args.d_state == 1:
-            scan, size_arg, label = selective_scan_chunked, "chunk_size", "chunked, chunk_size"
+            scan, size_arg, label = selective_scan_chunked, "chunk_size", "closed form (PyTorch), chunk_size"
         else:
             scan, size_arg, label = selective_scan_blockwise, "block_size", "block-wise, block_size"
         first = args.chunk_size if args.chunk_size is not None else (DEFAULT_CHUNK_SIZE if args.d_state == 1 else 0)
         for size in [first] + [c for c in args.sweep if c != first]:
-            out = scan(*scan_args, **{size_arg: size})
-            err = (out - ref_out).abs().max().item()
-            times = time_calls(lambda n=size: scan(*scan_args, **{size_arg: n}), args.repeats, 1, device)
-            speedup = ref_med / statistics.median(times)
-            print(f"  {label}={size:<5}: {_fmt(times)}  speed-up x{speedup:.1f}  max|diff| {err:.1e}")
+            _time_scan(f"{label}={size:<5}", lambda n=size: scan(*scan_args, **{size_arg: n}), ref_out, ref_med, args)
+        if HAS_NUMBA:
+            _time_scan(
+                "compiled loop (numba)     ",
+                lambda: selective_scan_chunked(*scan_args, use_compiled=True),
+                ref_out,
+                ref_med,
+                args,
+            )
+        else:
+            print("  compiled loop (numba)     : not timed, numba is not installed")
 
         # the scan's delta = softplus(delta + bias): torch's kernel against the where/log1p/exp form (equal to
         # F.softplus's threshold-20 definition), which was reported 2x faster on another build
         x = delta + delta_bias[:, None]
-        fast = (torch.where(x > 20, x, torch.log1p(torch.exp(x.clamp(max=20)))) - F.softplus(x)).abs().max().item()
+
+        def where_softplus() -> torch.Tensor:
+            return torch.where(x > 20, x, torch.log1p(torch.exp(x.clamp(max=20))))
+
+        fast = (where_softplus() - F.softplus(x)).abs().max().item()
         t_torch = time_calls(lambda: F.softplus(x), args.repeats * 4, 1, device)
-        t_where = time_calls(
-            lambda: torch.where(x > 20, x, torch.log1p(torch.exp(x.clamp(max=20)))), args.repeats * 4, 1, device
-        )
+        t_where = time_calls(where_softplus, args.repeats * 4, 1, device)
         print(
             f"  softplus F.softplus       : {_fmt(t_torch)}\n  softplus where/log1p/exp  : {_fmt(t_where)}  "
             f"F.softplus x{statistics.median(t_where) / statistics.median(t_torch):.2f} faster, max|diff| {fast:.1e}"

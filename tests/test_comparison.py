@@ -221,6 +221,7 @@ def test_compare_a_few_shot_bundle_end_to_end(tmp_path):
         rd_epochs=1,
         batch_size=4,
         timing_repeats=2,
+        image_size=64,
         overrides={"epoch_length": 2, "batch_size": 2},
     )
     assert [r["method"] for r in rows] == ["bundle", "reverse_distillation", "patchcore"]

@@ -312,7 +312,9 @@ def _toy_images(n: int, g: torch.Generator, anomalous: bool = False) -> torch.Te
 
 
 def test_toy_training_detects_squares():
-    """~20 episodic steps on toy data (random teacher) rank squares above normals: AUROC > 0.6."""
+    """8 episodic steps on toy data (random teacher) halve the episode loss, and the trained model ranks squares
+    above normals (AUROC > 0.6). A random-teacher model ranks these bright squares well even untrained (AUROC ~0.9),
+    so the ranking checks that training keeps the map meaningful; the loss checks that it learns."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     m = D24FAD(teacher_weights="random", image_size=SIZE, num_support=K)
@@ -320,13 +322,16 @@ def test_toy_training_detects_squares():
     criterion = D24FADLoss()
     m.train()
     batch = 2
-    for _ in range(20):
+    losses = []
+    for _ in range(8):
         query = _toy_images(batch, g)
         sup = _toy_images(batch * K, g).view(batch, K, 3, SIZE, SIZE)
         loss = criterion(m.episode_outputs(query, sup))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-2:]) < 0.5 * sum(losses[:2])  # measured 0.19 against 0.62 (seed 0)
     m.eval()
     m.set_support(_toy_images(K, g))
     with torch.no_grad():

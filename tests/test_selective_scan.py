@@ -45,13 +45,16 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _scan(method: str, *args, block: int = 0, **kwargs) -> torch.Tensor:
-    """The chunked scan (``block``: chunk_size, 0 = default) or the block-wise one (``block``: block_size)."""
-    if method == "chunked":
-        return selective_scan_chunked(*args, chunk_size=block or DEFAULT_CHUNK_SIZE, **kwargs)
+    """The chunked scan (``block``: chunk_size, 0 = default; "compiled": its numba loop) or the block-wise one
+    (``block``: block_size)."""
+    if method in ("chunked", "compiled"):
+        size = block or DEFAULT_CHUNK_SIZE
+        return selective_scan_chunked(*args, chunk_size=size, use_compiled=method == "compiled", **kwargs)
     return selective_scan_blockwise(*args, block_size=block, **kwargs)
 
 
-SCANS = [("chunked", 1), ("chunked", 4), ("chunked", 16), ("blockwise", 0), ("blockwise", 1), ("blockwise", 4)]
+SCANS = [("chunked", 1), ("chunked", 4), ("chunked", 16), ("chunked", 64), ("compiled", 0)]
+SCANS += [("blockwise", 0), ("blockwise", 1), ("blockwise", 4)]
 SCANS += [("blockwise", 16), ("blockwise", 100)]
 
 
@@ -110,13 +113,14 @@ def test_dispatch_by_state_size(monkeypatch) -> None:
         u, delta, A, B, C, D, delta_bias = _inputs(d_state=d_state, length=12)
         ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
         assert _max_diff(ss.selective_scan(u, delta, A, B, C, D, delta_bias, True), ref) <= TOL
-    # d_state 1 keeps the closed-form chunked scan (behaviour and speed of VMamba v05 unchanged)
+    # d_state 1 goes to the per-state recurrence (VMamba v05), larger states to the block-wise scan
     assert calls == ["chunked", "blockwise", "blockwise"]
 
 
-@pytest.mark.parametrize("method,d_state", [("chunked", 2), ("blockwise", 2), ("blockwise", 16)])
+@pytest.mark.parametrize("method,d_state", [("chunked", 1), ("chunked", 2), ("blockwise", 2), ("blockwise", 16)])
 def test_strong_decay_is_stable(method: str, d_state: int) -> None:
-    # |delta * A| up to ~100 per step: exp(-cumsum) formulations overflow here, masked segment sums do not
+    # |delta * A| up to ~100 per step: a closed form over a whole chunk would overflow (exp(-cumsum)); the chunked
+    # scan shortens its chunks until it does not
     u, delta, A, B, C, D, delta_bias = _inputs(d_state=d_state, length=40, seed=3)
     A = A * 30.0
     delta = delta.abs() * 3.0
@@ -128,7 +132,13 @@ def test_strong_decay_is_stable(method: str, d_state: int) -> None:
 
 @pytest.mark.parametrize(
     "method,d_state,block,rtol",
-    [("chunked", 2, 4, 1e-3), ("blockwise", 16, 0, 1e-4), ("blockwise", 16, 5, 1e-4)],
+    [
+        ("chunked", 1, 0, 1e-4),
+        ("chunked", 2, 4, 1e-4),
+        ("compiled", 1, 0, 1e-4),
+        ("blockwise", 16, 0, 1e-4),
+        ("blockwise", 16, 5, 1e-4),
+    ],
 )
 def test_gradients_match_reference(method: str, d_state: int, block: int, rtol: float) -> None:
     inputs = _inputs(batch=2, d=3, d_state=d_state, length=23, seed=4)

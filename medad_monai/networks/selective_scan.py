@@ -10,12 +10,14 @@ with ``delta_t = softplus(delta_t + delta_bias)``. The official code calls a CUD
 whose only CPU fallback, ``selective_scan_torch``, loops over every sequence position. This module provides:
 
 * :func:`selective_scan_ref`: the same sequential recurrence, kept as the ground truth for tests;
-* :func:`selective_scan_chunked`: a vectorised chunked scan with no Python loop over the sequence length (closed
-  form inside each chunk; fastest when the state is one value per channel, ``d_state == 1``);
+* :func:`selective_scan_chunked`: one scalar linear recurrence per channel and state
+  (:mod:`~medad_monai.networks.linear_recurrence`: closed form inside chunks and a short carry loop across them in
+  PyTorch, or a compiled numba loop with its backward pass); the scan for ``d_state == 1`` (VMamba v05);
 * :func:`selective_scan_blockwise`: a block-parallel recurrence (a short Python loop over the positions of a block,
   all blocks at once) whose work stays O(L * d_state) per channel; fastest for ``d_state > 1`` (e.g. 16);
 * :func:`selective_scan`: the dispatcher used by the network (``mamba_ssm``'s CUDA kernel for CUDA tensors when
-  that optional package is installed, one of the two PyTorch scans otherwise).
+  that optional package is installed, one of the two scans above otherwise; numba's compiled loop for ``d_state == 1``
+  on CPU when numba is installed).
 
 Shapes follow the official grouped convention: ``u``/``delta`` ``(batch, K*D, L)``, ``A`` ``(K*D, N)``,
 ``B``/``C`` ``(batch, K, N, L)`` (channel ``k*D + d`` reads group ``k``) or ``(batch, N, L)`` (one group),
@@ -29,21 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medad_monai.networks.linear_recurrence import DEFAULT_RECURRENCE_CHUNK, HAS_NUMBA, linear_recurrence
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "HAS_MAMBA_SSM",
+    "HAS_NUMBA",
     "selective_scan",
     "selective_scan_blockwise",
     "selective_scan_chunked",
     "selective_scan_ref",
 ]
 
-# Chunk length of the vectorised scan. The intra-chunk closed form materialises a (T x T) decay matrix per channel
-# and state (L*T*N values per channel, plus as many exp), while the inter-chunk pass costs log2(L/T) light steps over
-# L/T states. On CPU at VMamba-T's stage-1 size (L=4096, 1 thread) T=2 and T=4 were fastest (within run-to-run
-# noise), T=1 ~1.2x, T=8 ~1.5-2x, T=16 ~3x and T=64 ~20x slower. Re-tune (e.g. on GPU) with
-# benchmarks/bench_selective_scan.py --sweep.
-DEFAULT_CHUNK_SIZE = 4
+# Chunk length of the closed-form scan (see linear_recurrence.DEFAULT_RECURRENCE_CHUNK for the measurement).
+DEFAULT_CHUNK_SIZE = DEFAULT_RECURRENCE_CHUNK
 
 try:  # optional fused CUDA kernel (Gu & Dao, "Mamba"); never required
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan_fn
@@ -161,26 +162,6 @@ def selective_scan_ref(
     return y.to(u.dtype)
 
 
-def _segsum(x: Tensor) -> Tensor:
-    """Stable segment sums, as in Mamba-2's SSD ``segsum`` (Dao & Gu, 2024, "Transformers are SSMs", Listing 1).
-
-    For ``x`` of shape ``(..., T)`` returns ``(..., T, T)`` with ``out[..., t, s] = x[s+1] + ... + x[t]`` for
-    ``s <= t`` and ``-inf`` above the diagonal, so ``exp(out)`` is the causal decay matrix. Each entry sums exactly
-    its own terms (instead of ``cumsum[t] - cumsum[s]``), which avoids the cancellation error of subtracting two large
-    cumulative log-decays that would otherwise perturb decays close to 1.
-
-    Mamba-2 builds the masked (T, T) copies and runs a cumsum over them; here the same masked sums are one GEMM with
-    a constant 0/1 selection matrix plus a constant 0/-inf mask (a single ``addmm``), which is ~2x faster on CPU.
-    """
-    T = x.size(-1)
-    idx = torch.arange(T, device=x.device)
-    t, s, k = idx.view(T, 1, 1), idx.view(1, T, 1), idx.view(1, 1, T)
-    select = ((k > s) & (k <= t)).to(x.dtype).reshape(T * T, T).t()  # (T, T*T): [k, (t, s)] = 1 iff s < k <= t
-    mask = torch.zeros(T, T, dtype=x.dtype, device=x.device).masked_fill(s.view(1, T) > t.view(T, 1), float("-inf"))
-    out = torch.addmm(mask.reshape(T * T), x.reshape(-1, T), select)
-    return out.reshape(list(x.shape[:-1]) + [T, T])
-
-
 def _scan_chunk_states(decay: Tensor, states: Tensor) -> Tensor:
     """Inclusive scan of the chunk-level recurrence ``H_c = decay_c * H_{c-1} + states_c`` along the last dim.
 
@@ -211,51 +192,47 @@ def selective_scan_chunked(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    use_compiled: bool = False,
 ) -> Tensor:
-    """Vectorised chunked selective scan (no Python loop over L), same semantics as :func:`selective_scan_ref`.
+    """Selective scan as one scalar linear recurrence per (channel, state), same semantics as
+    :func:`selective_scan_ref`; the scan the dispatcher uses for ``d_state == 1``.
 
-    The sequence is split into chunks of ``chunk_size`` (the last one zero-padded: delta = 0 means decay 1 and no
-    input, so padding never changes earlier outputs). Inside a chunk the recurrence is solved in closed form,
-    ``h_t = sum_{s<=t} exp(S_t - S_s) delta_s B_s u_s`` with ``S`` the cumulative log-decay, using the masked segment
-    sums of :func:`_segsum` (the SSD "diagonal block" of Mamba-2). The chunk-end states are then carried across
-    chunks with a log-depth associative scan, and each position adds the carried state decayed by ``exp(S_t)``.
-    Memory is O(batch * K*D * N * L * chunk_size) floats for the decay matrices; ``chunk_size=1`` degenerates to a
-    plain log-depth scan over positions. Autograd works through every step (all operations are differentiable).
+    Each pair follows ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, solved along L by
+    :func:`~medad_monai.networks.linear_recurrence.linear_recurrence`: the closed form inside chunks of
+    ``chunk_size`` positions with a sequential carry across chunks (pure PyTorch), or, with ``use_compiled`` on CPU
+    when numba is installed, a compiled loop with an analytic backward pass. The read-out is
+    ``y_t = <C_t, h_t> + D u_t``. Memory is O(batch * K*D * d_state * L), the size of the reference's decays, so the
+    block-wise scan suits large states better. Autograd works through either path.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    uf, delta, x, Bf, Cf, T, nc = _prepare_scan(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size)
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
+    _check_shapes(u, delta, A, B, C)
     batch, kd, seqlen = u.shape
-    groups, d_state = Bf.shape[1], A.shape[1]
+    groups, d_state = B.shape[1], A.shape[1]
     dg = kd // groups
-
-    # working layout (batch, K, D, N, chunk, T); B/C broadcast over D, u/delta over N
-    dA = delta.reshape(batch, groups, dg, 1, nc, T) * A.float().reshape(1, groups, dg, d_state, 1, 1)
-    xb = x.reshape(batch, groups, dg, 1, nc, T) * Bf.reshape(batch, groups, 1, d_state, nc, T)
-
-    # 1) intra-chunk closed form, as if every chunk started from h = 0 (a batched mat-vec per chunk)
-    decay = _segsum(dA).exp_()  # (batch, K, D, N, chunk, T, T), zero above the diagonal; in place saves a copy
-    h_intra = torch.matmul(decay, xb.unsqueeze(-1)).squeeze(-1)  # (batch, K, D, N, chunk, T)
-
-    # 2) inter-chunk: carry the chunk-end states forward; the state entering chunk c is H_{c-1} (0 for c = 0)
-    decay_from_start = torch.exp(torch.cumsum(dA, dim=-1))  # exp(S_t), decay from the chunk start to t
-    chunk_end = _scan_chunk_states(decay_from_start[..., -1], h_intra[..., -1])
-    h_enter = F.pad(chunk_end[..., : nc - 1], [1, 0])
-    h = torch.addcmul(h_intra, decay_from_start, h_enter.unsqueeze(-1))
-
-    # 3) read-out y_t = <C_t, h_t> (+ D u_t)
-    y = (h * Cf.reshape(batch, groups, 1, d_state, nc, T)).sum(3).reshape(batch, kd, nc * T)[..., :seqlen]
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    uf = u.float()
+    # layout (batch, K, D, N, L): B/C broadcast over the D channels of their group, u/delta over the N states
+    log_a = delta.reshape(batch, groups, dg, 1, seqlen) * A.float().reshape(1, groups, dg, d_state, 1)
+    b = (delta * uf).reshape(batch, groups, dg, 1, seqlen) * B.float().reshape(batch, groups, 1, d_state, seqlen)
+    h = linear_recurrence(log_a, b, chunk_size, use_compiled)
+    Cg = C.float().reshape(batch, groups, 1, d_state, seqlen)
+    y = h * Cg
+    y = (y if d_state == 1 else y.sum(3, keepdim=True)).reshape(batch, kd, seqlen)
     if D is not None:
-        y = y + uf * D.float().unsqueeze(-1)
+        y = torch.addcmul(y, uf, D.float().unsqueeze(-1))
     return y.to(u.dtype)
 
 
 def _prefers_chunked_scan(d_state: int) -> bool:
-    """Whether :func:`selective_scan` hands a state of this size to the closed-form chunked scan.
-
-    Its (T x T) decay matrices grow with d_state, so beyond d_state 1 the block-wise recurrence is faster: on CPU
-    (1 thread, L=4096, K*D=4x96) both took ~0.09 s at d_state 1, while at d_state 4 the chunked scan took ~0.4 s and
-    the block-wise one ~0.16 s; at VMamba-T v0's stage-1 size (d_state 16, K*D=4x192) ~4 s against ~0.5 s.
+    """Whether :func:`selective_scan` hands a state of this size to the per-state recurrence of
+    :func:`selective_scan_chunked` (memory O(d_state * L) per channel) rather than the block-wise scan (memory of one
+    step). For ``d_state == 1`` the two hold the same data and the recurrence is the faster; beyond, the block-wise
+    scan keeps memory flat (VMamba-T v0, PDD's teacher, has d_state 16 on 192-384 channels per route).
     """
     return d_state <= 1
 
@@ -389,12 +366,14 @@ def selective_scan(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     use_cuda_kernel: bool = True,
     block_size: int = 0,
+    use_compiled: bool = True,
 ) -> Tensor:
     """Selective scan with the argument order of VMamba's ``selective_scan_fn`` (see module docstring for shapes).
 
     Uses ``mamba_ssm``'s CUDA kernel when it is installed, ``use_cuda_kernel`` is set and ``u`` is on CUDA. Otherwise
     (CPU, no ``mamba_ssm``, TorchScript scripting or tracing, where a Python autograd Function could not be
-    serialised) a PyTorch scan: :func:`selective_scan_chunked` with ``chunk_size`` when ``d_state == 1``,
+    serialised) :func:`selective_scan_chunked` with ``chunk_size`` when ``d_state == 1`` (numba's compiled loop when
+    ``use_compiled`` is set, numba is installed and the run is eager on CPU; the closed form otherwise), or
     :func:`selective_scan_blockwise` with ``block_size`` (0: automatic) for larger states.
     """
     # TorchScript does not compile this block (is_scripting() is resolved at compile time), so the optional
@@ -410,8 +389,10 @@ def selective_scan(
             # the recurrence (cumulative sums and products over L) runs in float32 under mixed precision, as the
             # official CUDA kernel computes it; autocast would run its matmuls in bfloat16/float16
             with torch.autocast(device_type=u.device.type, enabled=False):
-                return _pytorch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size, block_size)
-    return _pytorch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size, block_size)
+                return _pytorch_scan(
+                    u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size, block_size, use_compiled
+                )
+    return _pytorch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size, block_size, use_compiled)
 
 
 def _pytorch_scan(
@@ -425,8 +406,9 @@ def _pytorch_scan(
     delta_softplus: bool,
     chunk_size: int,
     block_size: int,
+    use_compiled: bool,
 ) -> Tensor:
-    """The PyTorch scans: chunked for ``d_state == 1``, block-wise otherwise."""
+    """The scans without ``mamba_ssm``: the per-state recurrence for ``d_state == 1``, block-wise otherwise."""
     if _prefers_chunked_scan(A.shape[-1]):
-        return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)
+        return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size, use_compiled)
     return selective_scan_blockwise(u, delta, A, B, C, D, delta_bias, delta_softplus, block_size)

@@ -6,6 +6,7 @@ size is the bundle's configured ``image_size`` (``bundles/pdd/configs/inference.
 
     python benchmarks/bench_pdd.py --threads 2                      # configured size, CPU
     python benchmarks/bench_pdd.py --threads 2 --image-size 256     # the paper's size
+    python benchmarks/bench_pdd.py --threads 1 --image-size 256 --vmamba vssm1_tiny   # the d_state 1 teacher
     python benchmarks/bench_selective_scan.py --threads 1           # the selective-scan figures (VMamba core)
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from medad_monai.benchmarking import add_runtime_args, runtime_device, time_calls
-from medad_monai.networks.pdd import PDD
+from medad_monai.networks.pdd import PDD, VMAMBA_TEACHERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--vmamba",
+        choices=VMAMBA_TEACHERS,
+        default=str(_configured("vmamba")),
+        help="VMamba teacher (default: the bundle's; vssm1_tiny is the d_state 1 VMamba-T v2)",
+    )
     add_runtime_args(parser)
     args = parser.parse_args()
     device = runtime_device(args)
@@ -42,7 +49,7 @@ def main() -> None:
         image_size=args.image_size,
         wrn_weights="random",
         vmamba_weights="random",
-        vmamba=str(_configured("vmamba")),
+        vmamba=args.vmamba,
         decoder_blocks=tuple(_configured("decoder_blocks")),
         decoder_width=int(_configured("decoder_width")),
     ).to(device)
@@ -58,8 +65,9 @@ def main() -> None:
     pdd_ms, wrn_ms, vm_ms = (1000 * statistics.median(t) / per for t in (pdd_t, wrn_t, vm_t))
     print(f"input {args.batch}x3x{args.image_size}x{args.image_size}, median of {args.repeats} runs, per image:")
     print(f"  WRN50-2 teacher alone  : {wrn_ms:9.1f} ms")
-    print(f"  VMamba-Tiny teacher    : {vm_ms:9.1f} ms")
+    print(f"  VMamba-Tiny teacher    : {vm_ms:9.1f} ms  ({args.vmamba})")
     print(f"  full PDD (map)         : {pdd_ms:9.1f} ms")
+    print(f"  ratio VMamba / WRN50-2 : x{vm_ms / wrn_ms:.2f}")
     print(f"  ratio PDD / WRN50-2    : x{pdd_ms / wrn_ms:.2f}")
 
 

@@ -13,7 +13,10 @@ BUNDLES = REPO / "bundles"
 
 # Demo data is generated once per machine (CI sets MEDAD_MONAI_DATA); tests never write into the user's cache.
 os.environ.setdefault("MEDAD_MONAI_DATA", str(REPO / ".pytest-demo-data"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (the README's `-n 2`) each worker gets its share of the cores, so that two workers do not
+# oversubscribe a 2-core machine; a plain run uses up to 2 threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(autouse=True)

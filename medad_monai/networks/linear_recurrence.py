@@ -6,10 +6,10 @@ section "Preliminaries"), with no state dimension to contract. Two implementatio
 
 * :func:`linear_recurrence_chunked`, pure PyTorch. Inside a chunk of ``T`` positions the recurrence has the closed
   form ``h_t = exp(S_t) * sum_{s<=t} exp(-S_s) b_s`` with ``S`` the chunk's cumulative ``log_a``: two cumulative
-  sums and two exponentials over the whole tensor, no (T x T) matrices. The state is then carried across the
-  ``L / T`` chunks by a short sequential loop on one value per channel and chunk. ``exp(-S)`` grows with the
-  chunk's total log-decay, so a chunk is halved until that total stays within :data:`LOG_RANGE_LIMIT` (float32
-  overflows at ``exp(88)``); decays strong enough to need ``T = 1`` fall back to the plain loop over positions.
+  sums, one exponential and one division over the whole tensor, no (T x T) matrices. The state is then carried
+  across the ``L / T`` chunks by a short sequential loop on one value per channel and chunk. ``exp(-S)`` grows with
+  the chunk's total log-decay, so chunks whose total exceeds :data:`LOG_RANGE_LIMIT` (float32 overflows at
+  ``exp(88)``) run their T positions one step at a time instead, all such chunks at once.
 * :func:`linear_recurrence_numba`, a compiled loop (numba, when installed) with its own backward pass, the adjoint
   recurrence ``g_t = dL/dh_t + a_{t+1} g_{t+1}`` run backwards: ``dL/db_t = g_t``, ``dL/dlog_a_t = g_t a_t h_{t-1}``.
 
@@ -84,9 +84,9 @@ def linear_recurrence_chunked(
     Args:
         log_a: log-decays, any shape ``(..., L)`` (``<= 0`` for a contracting recurrence, as in VMamba).
         b: inputs, the same shape.
-        chunk_size: positions per chunk (halved automatically while a chunk's cumulative log-decay exceeds
-            ``log_range_limit`` in magnitude).
-        log_range_limit: largest magnitude of a chunk's cumulative log-decay (default :data:`LOG_RANGE_LIMIT`).
+        chunk_size: positions per chunk.
+        log_range_limit: largest magnitude of a chunk's cumulative log-decay for the closed form (default
+            :data:`LOG_RANGE_LIMIT`); chunks beyond it run their positions one step at a time.
 
     Returns:
         ``h`` with the shape of ``b``, float32 when the inputs are. Differentiable (autograd through every step).
@@ -101,23 +101,28 @@ def linear_recurrence_chunked(
     bb = b.reshape(-1, seqlen)
     rows = bb.shape[0]
     T = min(chunk_size, seqlen)
-    while T > 1:
-        nc = (seqlen + T - 1) // T
-        pad = nc * T - seqlen
-        # padding with log_a = 0 and b = 0 comes after every real position, so it never changes real outputs;
-        # (rows * chunks, T) 2D views: torch's cumsum along the last axis of a 2D tensor is ~8x faster than of 3D
-        S = torch.cumsum(_pad(la, pad).reshape(rows * nc, T), dim=-1)
-        low, high = torch.aminmax(S.detach())
-        if max(-float(low), float(high)) <= log_range_limit:
-            decay = S.exp()
-            h = decay * torch.cumsum(torch.exp(-S) * _pad(bb, pad).reshape(rows * nc, T), dim=-1)  # from h = 0
-            if nc > 1:
-                h_enter = _carry(decay[:, -1].reshape(rows, nc), h[:, -1].reshape(rows, nc))
-                h = torch.addcmul(h, decay, h_enter.reshape(rows * nc, 1))
-            return h.reshape(rows, nc * T)[:, :seqlen].reshape(shape)
-        T = T // 2
-    # decays too strong for any chunk longer than one position: the chunks are the positions themselves
-    return _sequential(la, bb, shape)
+    nc = (seqlen + T - 1) // T
+    pad = nc * T - seqlen
+    # padding with log_a = 0 and b = 0 comes after every real position, so it never changes real outputs;
+    # (rows * chunks, T) 2D views: torch's cumsum along the last axis of a 2D tensor is ~8x faster than of 3D
+    la_c = _pad(la, pad).reshape(rows * nc, T)
+    b_c = _pad(bb, pad).reshape(rows * nc, T)
+    S = torch.cumsum(la_c, dim=-1)
+    strong = S.detach().abs().amax(dim=-1) > log_range_limit  # chunks where 1 / exp(S) could overflow
+    any_strong = bool(strong.any())
+    if any_strong:
+        S = torch.where(strong.unsqueeze(1), torch.zeros_like(S), S)  # finite (and gradient-free) placeholders
+    decay = S.exp()
+    h = decay * torch.cumsum(b_c / decay, dim=-1)  # each chunk from h = 0
+    if any_strong:
+        idx = strong.nonzero().squeeze(1)
+        la_s = la_c.index_select(0, idx)
+        h = h.index_copy(0, idx, _within_chunks(la_s, b_c.index_select(0, idx)))
+        decay = decay.index_copy(0, idx, torch.cumsum(la_s, dim=-1).exp())  # may underflow to 0: harmless
+    if nc > 1:
+        h_enter = _carry(decay[:, -1].reshape(rows, nc), h[:, -1].reshape(rows, nc))
+        h = torch.addcmul(h, decay, h_enter.reshape(rows * nc, 1))
+    return h.reshape(rows, nc * T)[:, :seqlen].reshape(shape)
 
 
 def _pad(x: Tensor, pad: int) -> Tensor:
@@ -125,11 +130,17 @@ def _pad(x: Tensor, pad: int) -> Tensor:
     return F.pad(x, [0, pad]) if pad > 0 else x
 
 
-def _sequential(la: Tensor, bb: Tensor, shape: list[int]) -> Tensor:
-    """One position per step (the ``T = 1`` case): the state after position t is ``H_t``, i.e. ``entering[t+1]``."""
-    decay = la.exp()
-    entering = _carry(decay, bb)
-    return torch.addcmul(bb, decay, entering).reshape(shape)
+def _within_chunks(la: Tensor, b: Tensor) -> Tensor:
+    """The recurrence inside each row of ``(chunks, T)`` from h = 0, one position per step, all chunks at once (for
+    the chunks whose decays are too strong for the closed form)."""
+    a_t = la.exp().t().contiguous()
+    b_t = b.t().contiguous()
+    h = torch.zeros_like(b_t[0])
+    out = []
+    for t in range(b_t.shape[0]):
+        h = torch.addcmul(b_t[t], a_t[t], h)
+        out.append(h)
+    return torch.stack(out, dim=1)
 
 
 if _numba is not None:

@@ -188,6 +188,38 @@ def test_slice_maps_are_inverted_together_exactly_as_one_by_one(model, volume):
     assert _inversion_key(images[1]) is None
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_slices_are_resized_together_as_one_by_one(model, volume, channels):
+    """The serving core resizes a batch of slices in one call (anti-aliased, as the bundle's Resized): every slice
+    gets the values and the trace (which Invertd reads) it gets alone, for 1- and 3-channel policies; slices of
+    different sizes fall back to one call each."""
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, Resized
+
+    from medad_monai.inference.volume import _inversion_key, _preprocess_slices
+    from medad_monai.transforms import ChannelPolicyd, IntensityPolicyd
+
+    _, vol, _ = volume
+    chain = model.image_transforms
+    if channels == 3:
+        chain = Compose(
+            [
+                ChannelPolicyd("image", channels=3),
+                Resized("image", spatial_size=(24, 24), mode="bilinear", anti_aliasing=True),
+                IntensityPolicyd("image", minv=0.0, maxv=1.0),
+            ]
+        )
+    meta = {"filename_or_obj": "x"}
+    slices = [torch.as_tensor(vol[None, :, :, k]).float() for k in range(vol.shape[-1])]
+    for batch in (slices, slices[:2] + [torch.rand(1, 30, 52)]):
+        together = _preprocess_slices(chain, batch, meta)
+        for s, got in zip(batch, together):
+            alone = chain({"image": MetaTensor(s.clone(), meta=meta)})["image"]
+            assert got["image"].shape == alone.shape and got["image"].shape[0] == channels
+            assert (got["image"] - alone).abs().max() <= 1e-5
+            assert _inversion_key(got["image"]) == _inversion_key(alone) is not None
+
+
 def test_parity_with_the_bundle_inference_config(bundle, model, tmp_path):
     """Maps and scores equal those of ``inference.json`` run through MONAI's ConfigWorkflow on the same files."""
     from pydicom.data import get_testdata_file

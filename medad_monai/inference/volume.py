@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor, PydicomReader
-from monai.transforms import Invertd, LoadImage
+from monai.transforms import Compose, Invertd, LoadImage, Resized
 
 from medad_monai.data.foreground import FOREGROUND_THRESHOLD, foreground
 from medad_monai.inference.bundle_model import BundleModel
@@ -230,10 +230,7 @@ def _score_slices(
         meta[INTENSITY_WINDOW_KEY] = window
     for start in range(0, len(slices), batch_size):
         try:
-            items = [
-                model.image_transforms({"image": MetaTensor(s.clone(), meta=meta)})
-                for s in slices[start : start + batch_size]
-            ]
+            items = _preprocess_slices(model.image_transforms, slices[start : start + batch_size], meta)
         except Exception as e:  # e.g. a 4D series whose "channels" are time points: name the input
             raise ImageReadError(f"image '{source}' does not fit bundle '{model.root}': {e}") from e
         batch = torch.stack([torch.as_tensor(it["image"]).as_subclass(torch.Tensor) for it in items])
@@ -243,6 +240,34 @@ def _score_slices(
         scores.extend(float(v) for v in model.score(pred))
         maps.extend(_invert_maps(inverter, [it["image"] for it in items], pred))
     return maps, scores
+
+
+def _preprocess_slices(transforms: Compose, slices: list[torch.Tensor], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bundle's per-image ``transforms`` applied to each slice, with the resize shared by all of them.
+
+    Resizing (with MONAI's anti-aliasing) dominates the preprocessing of small networks' inputs and treats every
+    channel alike, so the slices, once through the transforms before ``Resized``, are stacked along the channel axis
+    and resized in one call, then split and finished one by one. Each slice gets the same values and the same trace
+    (the resize record, read by ``Invertd``) as when transformed alone. Falls back to one call per slice when the
+    chain has no single-key ``Resized`` or the slices differ in shape.
+    """
+    chain = list(transforms.transforms)
+    at = next((i for i, t in enumerate(chain) if isinstance(t, Resized) and len(t.keys) == 1), None)
+    if at is None or len(slices) < 2:
+        return [transforms({"image": MetaTensor(s.clone(), meta=meta)}) for s in slices]
+    items = [Compose(chain[:at])({"image": MetaTensor(s.clone(), meta=meta)}) for s in slices]
+    if len({tuple(it["image"].shape) for it in items}) != 1:
+        return [Compose(chain[at:])(it) for it in items]
+    channels = items[0]["image"].shape[0]
+    resized = chain[at]({"image": torch.cat([it["image"] for it in items], dim=0)})["image"]
+    finish = Compose(chain[at + 1 :])
+    out = []
+    for i, it in enumerate(items):
+        part = resized[i * channels : (i + 1) * channels]
+        image = MetaTensor(part.as_subclass(torch.Tensor).clone(), meta=dict(it["image"].meta))
+        image.applied_operations = list(it["image"].applied_operations) + [resized.applied_operations[-1]]
+        out.append(finish({**it, "image": image}))
+    return out
 
 
 # Spatial transforms whose inverse reads only its own trace record and treats every channel alike: slices with equal

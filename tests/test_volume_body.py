@@ -172,3 +172,17 @@ def test_demo_volumes_are_written_as_nifti(tmp_path):
     img = nib.load(paths[1])
     assert img.shape == (128, 128, 32) and img.get_data_dtype() == np.int16 and img.header.get_zooms()[2] == 3.0
     np.testing.assert_array_equal(np.asarray(nib.load(paths[1]).dataobj), demo_volume("head_ct", True, 0).image)
+
+
+def test_foreground_of_a_stack_fills_holes_in_each_slice_alone():
+    """One call over a stack equals one call per slice: a ring's hole is filled, a hole open to the image border is
+    not, and no hole is filled through a neighbouring slice."""
+    rng = np.random.default_rng(0)
+    vol = ndimage.gaussian_filter(rng.standard_normal((6, 40, 50)), 2)
+    vol[:, 10:20, 10:20], vol[:, 13:17, 13:17] = 5.0, -5.0  # a closed ring in every slice
+    vol[2, 0:25, 30:40], vol[2, 0:22, 33:37] = 5.0, -5.0  # a ring open to the top border in slice 2
+    vol[3, 25:35, 30:40] = 5.0  # slice 3 closes, below slice 2's open ring, a region of its own
+    window = (float(vol.min()), float(vol.max()))
+    stack = foreground(vol, window, 0.6)
+    assert np.array_equal(stack, np.stack([foreground(s, window, 0.6) for s in vol]))
+    assert stack[:, 15, 15].all() and not stack[2, 5, 35]

@@ -32,12 +32,16 @@ BODY_TOLERANCE = 0.8
 def foreground(
     image: np.ndarray, window: tuple[float, float] | None = None, threshold: float = FOREGROUND_THRESHOLD
 ) -> np.ndarray:
-    """Boolean foreground of a 2D image ``(H, W)`` (channels already averaged), holes filled."""
+    """Boolean foreground of a 2D image ``(H, W)`` (channels already averaged), holes filled; or of a stack of them
+    ``(..., H, W)``, holes filled in each 2D image on its own (one call; ``window`` default: the stack's min-max)."""
     img = np.asarray(image, dtype=np.float32)
     low, high = window if window is not None else (float(img.min()), float(img.max()))
     if high <= low:
         return np.zeros(img.shape, dtype=bool)
-    return ndimage.binary_fill_holes((img - low) / (high - low) > threshold)
+    # scipy's default 2D structure (the 4-neighbour cross) in the last two axes only: no connection between images
+    structure = np.zeros((1,) * (img.ndim - 2) + (3, 3), dtype=bool)
+    structure[(0,) * (img.ndim - 2)] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_fill_holes((img - low) / (high - low) > threshold, structure=structure)
 
 
 def foreground_fraction(images: torch.Tensor, threshold: float = FOREGROUND_THRESHOLD) -> np.ndarray:

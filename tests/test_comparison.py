@@ -212,6 +212,7 @@ def test_reverse_distillation_with_a_cached_encoder_trains_exactly_as_without():
     assert (cache.misses, cache.hits) == (4, 4)
 
 
+@pytest.mark.slow
 @needs_anomalib
 def test_compare_a_few_shot_bundle_end_to_end(tmp_path):
     rows = compare_with_anomalib(

@@ -14,6 +14,8 @@ from medad_monai.data.demo_volumes import demo_volume
 from medad_monai.inference import load_bundle_model
 from medad_monai.inference.volume import score_volume
 
+pytestmark = pytest.mark.slow
+
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "pdd" / "configs"
 DOMAIN = "head_ct"
 

@@ -313,6 +313,7 @@ def _train_command(bundle: str, data: Path | None, root: Path, *extra: str) -> l
     return cmd + (["--dataset_dir", str(data)] if data is not None else [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bundle", ["pdd", "ddad", "d24fad"])
 def test_a_killed_training_resumes_to_the_result_of_an_uninterrupted_run(bundle, tmp_path):
     data = None  # DDAD: the demo brains (normals and an unlabeled pool); D24FAD: demo sources; PDD: 8 small normals

@@ -78,6 +78,7 @@ def _history(client: Any, run_id: str, metric: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client.get_metric_history(run_id, metric)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bundle", sorted(CASES))
 def test_tracking_mlflow_records_params_epoch_losses_and_evaluation_metrics(bundle, tmp_path):
     mlflow = pytest.importorskip("mlflow")

@@ -4,6 +4,7 @@ HTML report of an evaluation, versions."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import fire
@@ -206,9 +207,81 @@ class Commands:
             raise SystemExit(f"medad-monai report: {err}") from err
         print(path)
 
+    def demo_volumes(
+        self,
+        out: str,
+        domain: str = "head_ct",
+        subjects: str | int = "0-7",
+        lesion: bool = False,
+        size: int = 128,
+        slices: int = 32,
+    ) -> None:
+        """Write 3D demo volumes of ``--subjects`` (``0-7``, ``100,101``) of ``--domain`` under ``out``: the normal
+        volume of each subject (``--lesion``: the lesion volume and its mask too) as NIfTI, ``--size`` pixels square
+        and ``--slices`` deep. Fixtures to try the
+        volume serving and ``calibrate_volumes`` with, not a benchmark."""
+        from medad_monai.data.demo_volumes import VOLUME_DOMAINS, write_demo_subjects
+
+        if domain not in VOLUME_DOMAINS:
+            raise SystemExit(f"no 3D demo for domain {domain!r}; available: {sorted(VOLUME_DOMAINS)}")
+        for p in write_demo_subjects(out, domain, _int_list(subjects), lesion, size, slices):
+            print(p)
+
+    def calibrate_volumes(
+        self,
+        bundle: str,
+        *normals: str,
+        quantile: float = 0.95,
+        axis: int = 2,
+        volume_reduction: str = "max",
+        top_k: int = 3,
+        min_relative_body: float = 0.9,
+        batch_size: int = 16,
+        **overrides: object,
+    ) -> None:
+        """Calibrate ``bundle``'s threshold for 3D volumes on normal volumes and store it in its weights.
+
+        ``normals``: volume files or folders (their NIfTI/NRRD/MetaImage files and DICOM series folders), none of
+        them a volume the threshold is then judged on. Each is scored as serving scores it with the given options
+        (those of ``score_volume``, MONAI Label and the Deploy app); the ``--quantile`` of their scores is stored
+        in ``models/model.pt`` (and ``model.ts``) with the options, and served for volumes scored with the same
+        options (others keep the 2D threshold). Prints each volume's score and the threshold. Any other
+        ``--key value`` overrides the bundle's inference config, as the model was trained (``--num_members 2``).
+        """
+        from medad_monai.inference import BundleLoadError, ScoringOptions, load_bundle_model
+        from medad_monai.inference.volume_calibration import (
+            calibrate_volume_threshold,
+            find_volumes,
+            store_volume_calibration,
+        )
+        from medad_monai.transforms import ImageReadError
+
+        try:
+            options = ScoringOptions(axis, volume_reduction, top_k, batch_size, min_relative_body=min_relative_body)
+            volumes = find_volumes(normals)
+            model = load_bundle_model(bundle, device="cpu", overrides=overrides)
+            calibration, scores = calibrate_volume_threshold(model, volumes, options, quantile)
+            written = store_volume_calibration(bundle, calibration)
+        except (BundleLoadError, FileNotFoundError, ImageReadError, ValueError) as err:
+            raise SystemExit(f"medad-monai calibrate_volumes: {err}") from err
+        for source, score in scores:
+            print(f"{score:.6g}\t{source}")
+        print(json.dumps({"volume_calibration": asdict(calibration), "written": [str(p) for p in written]}, indent=2))
+
     def versions(self) -> None:
         """Print the package versions and platform that results are recorded with."""
         print(json.dumps(provenance(), indent=2))
+
+
+def _int_list(text: str | int | list[int] | tuple[int, ...]) -> list[int]:
+    """``"0-7"``, ``"1,3,5"``, ``4`` or a list (python-fire may parse ``1,3`` as a tuple) to a list of ints."""
+    if isinstance(text, (int, list, tuple)):
+        return [int(text)] if isinstance(text, int) else [int(v) for v in text]
+    values: list[int] = []
+    for part in str(text).split(","):
+        first, _, last = part.strip().partition("-")
+        values.extend(range(int(first), int(last) + 1) if last else [int(first)])
+    return values
 
 
 def main() -> None:

@@ -14,9 +14,11 @@ import math
 
 from torch import Tensor, nn
 
-__all__ = ["SCORE_REDUCTIONS", "decision", "image_score", "score_reduction"]
+__all__ = ["SCORE_REDUCTIONS", "VOLUME_REDUCTIONS", "decision", "image_score", "score_reduction"]
 
 SCORE_REDUCTIONS = ("max", "mean")
+# a volume served slice by slice: its score from its slices' scores (medad_monai.inference.volume.reduce_scores)
+VOLUME_REDUCTIONS = ("max", "mean", "topk")
 
 
 def image_score(anomaly_map: Tensor, reduction: str = "max") -> Tensor:

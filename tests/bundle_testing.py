@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,70 @@ def check_evaluation_report(eval_dir: Path, out: Path, k: int = 6) -> dict[str, 
     check = check_page(out, screenshot=out.with_suffix(".png"))
     assert check.problems(min_images=2 + len(gallery)) == []  # at least the curves and histograms, and the gallery
     return {"images": len(check.images), "gallery": len(gallery), "decided": decided}
+
+
+def train_bundle_copy(bundle: str, root: Path, runs: tuple[tuple[tuple[str, ...], str], ...], **override) -> Path:
+    """Copy ``bundles/<bundle>/configs`` into ``root`` (a bundle folder, as served: its configs beside its model)
+    and run each ``(config files, run id)`` of ``runs`` there in turn; returns ``root``."""
+    shutil.copytree(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs", root / "configs")
+    for files, run_id in runs:
+        wf = bundle_workflow(
+            [str(root / "configs" / f) for f in files],
+            str(root / "configs" / "metadata.json"),
+            run_id=run_id,
+            bundle_root=str(root),
+            **override,
+        )
+        wf.run()
+    return root
+
+
+@dataclass
+class VolumeServing:
+    """What serving the 3D demo subjects with and without their lesion gives (counts over the subjects).
+
+    Attributes:
+        first: lesion volume scored above the same subject's normal volume.
+        on_lesion: the lesion volume's top slice is a lesion slice.
+        labelled: the lesion volume is decided anomalous and most of its lesion carries the ``anomaly`` label.
+        normals_flagged: normal volumes decided anomalous (with the threshold the volumes were served with).
+        normals_over_image_threshold: normal volumes whose score exceeds the model's 2D image threshold.
+        threshold_sources: the ``threshold_source`` of every served volume.
+    """
+
+    first: int = 0
+    on_lesion: int = 0
+    labelled: int = 0
+    normals_flagged: int = 0
+    normals_over_image_threshold: int = 0
+    threshold_sources: set[str] = field(default_factory=set)
+
+
+def serve_demo_subjects(model, domain: str, subjects: range | list[int] = range(8)) -> VolumeServing:
+    """Serve each subject's normal and lesion demo volume with ``score_volume`` and count what a reader would see."""
+    from medad_monai.data.demo_volumes import demo_volume
+    from medad_monai.inference.volume import score_volume
+
+    seen = VolumeServing()
+    for subject in subjects:
+        normal, lesion = demo_volume(domain, False, subject), demo_volume(domain, True, subject)
+        rn = score_volume(model, normal.image, affine=normal.affine)
+        rl = score_volume(model, lesion.image, affine=lesion.affine)
+        truth, label = lesion.mask.astype(bool), rl.mask.astype(bool)
+        seen.first += rl.score > rn.score
+        seen.on_lesion += rl.top_slice in lesion.lesion_slices
+        seen.labelled += bool(rl.is_anomalous) and (truth & label).sum() > 0.5 * truth.sum()
+        seen.normals_flagged += bool(rn.is_anomalous)
+        seen.normals_over_image_threshold += rn.score > model.threshold
+        seen.threshold_sources |= {rn.threshold_source, rl.threshold_source}
+    return seen
+
+
+def calibrate_on_demo_normals(model, domain: str, subjects: range | list[int] = range(100, 108)):
+    """Calibrate ``model``'s volume threshold on the normal demo volumes of ``subjects`` (none of the subjects
+    :func:`serve_demo_subjects` serves by default); returns the calibration."""
+    from medad_monai.data.demo_volumes import demo_volume
+    from medad_monai.inference.volume_calibration import calibrate_volume_threshold
+
+    calibration, _ = calibrate_volume_threshold(model, [demo_volume(domain, False, s).image for s in subjects])
+    return calibration

@@ -59,6 +59,27 @@ def test_rank_functions():
     assert most_anomalous({"x": float("nan"), "y": 0.1})[-1][0] == "x"
     with pytest.raises(ValueError, match="calibrated"):
         nearest_threshold(SCORES, float("nan"))
+    # each study against its own threshold (a volume decided with a volume threshold): d 0.4 is on its 0.4
+    own = {"a.png": 0.5, "b.png": 0.5, "c.png": 0.5, "d.png": 0.4}
+    assert [k for k, _ in nearest_threshold(SCORES, own)][:2] == ["d.png", "c.png"]
+    with pytest.raises(ValueError, match="calibrated"):
+        nearest_threshold(SCORES, {**own, "a.png": float("nan")})
+
+
+def test_ranker_ranks_each_study_against_the_threshold_it_is_decided_with(studies, tmp_path):
+    """A score function giving ``(score, threshold)`` (``StudyRanker.for_model``: a volume and its volume
+    threshold); the thresholds persist in the cache with the scores."""
+    own = {"a.png": 0.5, "b.png": 0.5, "c.png": 0.5, "d.png": 0.4}
+    scorer = CountingScorer(SCORES)
+    cache = tmp_path / "scores.json"
+
+    def with_threshold(path: str) -> tuple[float, float]:
+        return scorer(path), own[Path(path).name]
+
+    ranker = StudyRanker(with_threshold, cache, model_version="v1", threshold=0.5)
+    assert ranker.next_study(studies, "nearest_threshold") == str(studies[3])  # d.png, on its own 0.4
+    again = StudyRanker(with_threshold, cache, model_version="v1", threshold=0.5)  # from the cache alone
+    assert again.next_study(studies, "nearest_threshold") == str(studies[3]) and scorer.calls == 4
 
 
 def test_ranker_orders_and_caches(studies, tmp_path):

@@ -24,7 +24,7 @@ from scipy import ndimage
 from medad_monai.data.demo import DEMO_DOMAINS, _acquire, _resample, _subject_coordinates
 from medad_monai.io import atomic_path
 
-__all__ = ["VOLUME_DOMAINS", "DemoVolume", "demo_volume", "write_demo_volumes"]
+__all__ = ["VOLUME_DOMAINS", "DemoVolume", "demo_volume", "write_demo_subjects", "write_demo_volumes"]
 
 # domains whose images are sections of a volume, and how their values are stored: (scale, offset, dtype)
 VOLUME_DOMAINS = {
@@ -148,19 +148,48 @@ def demo_volume(
     return DemoVolume(volume, mask, affine, touched)
 
 
+def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    import nibabel as nib
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(gzip.compress(nib.Nifti1Image(array, affine).to_bytes(), compresslevel=6))
+    return path
+
+
 def write_demo_volumes(out_dir: str | os.PathLike, domains: list[str] | None = None, seed: int = 0) -> list[Path]:
     """Write ``<domain>_normal.nii.gz``, ``<domain>_lesion.nii.gz`` and ``<domain>_lesion_mask.nii.gz`` per domain
     (default: every domain of :data:`VOLUME_DOMAINS`); returns the written paths."""
-    import nibabel as nib
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for domain in domains or list(VOLUME_DOMAINS):
         normal, lesion = demo_volume(domain, False, seed), demo_volume(domain, True, seed)
         for name, array in (("normal", normal.image), ("lesion", lesion.image), ("lesion_mask", lesion.mask)):
-            path = out / f"{domain}_{name}.nii.gz"
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(gzip.compress(nib.Nifti1Image(array, normal.affine).to_bytes(), compresslevel=6))
-            written.append(path)
+            written.append(_write_nifti(array, normal.affine, out / f"{domain}_{name}.nii.gz"))
+    return written
+
+
+def write_demo_subjects(
+    out_dir: str | os.PathLike,
+    domain: str,
+    seeds: list[int] | range,
+    lesion: bool = False,
+    size: int = 128,
+    num_slices: int = 32,
+) -> list[Path]:
+    """Write the normal volume of each subject in ``seeds`` as ``<domain>_subject<seed>_normal.nii.gz`` (with
+    ``lesion``: also ``..._lesion.nii.gz`` and ``..._lesion_mask.nii.gz``); returns the written paths. Normal volumes
+    of subjects the model is not judged on are what :mod:`medad_monai.inference.volume_calibration` needs; ``size`` and
+    ``num_slices`` as :func:`demo_volume`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for seed in seeds:
+        stem = out / f"{domain}_subject{seed}"
+        normal = demo_volume(domain, False, seed, size, num_slices)
+        written.append(_write_nifti(normal.image, normal.affine, Path(f"{stem}_normal.nii.gz")))
+        if lesion:
+            abnormal = demo_volume(domain, True, seed, size, num_slices)
+            written.append(_write_nifti(abnormal.image, abnormal.affine, Path(f"{stem}_lesion.nii.gz")))
+            written.append(_write_nifti(abnormal.mask, abnormal.affine, Path(f"{stem}_lesion_mask.nii.gz")))
     return written

@@ -209,6 +209,8 @@ def summary_text(scored: ScoredStudy) -> str:
     r = scored.result
     decision = {1: "ANOMALOUS", 0: "normal"}.get(r.decision, "undetermined (model not calibrated)")
     threshold = f"{r.threshold:.6g}" if math.isfinite(r.threshold) else "none"
+    if r.threshold_source == "volume":  # say so: the image threshold is the one a reader of the model card knows
+        threshold += ", volume threshold"
     return f"Anomaly score {r.score:.6g} (threshold {threshold}): {decision}. Model {r.model.get('name', '')}."
 
 

@@ -17,7 +17,7 @@ import math
 import os
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from monai.data import load_net_with_metadata
 from monai.transforms import Compose, LoadImage, LoadImaged
 from torch import nn
 
+from medad_monai.networks.volume_threshold import VolumeCalibration, volume_calibration
 from medad_monai.scores import SCORE_REDUCTIONS, image_score, score_reduction
 from medad_monai.transforms import LoadAnomalyImaged
 
@@ -143,6 +144,12 @@ class BundleModel:
         b = getattr(self.network, "body_fraction", None)
         return float(b) if b is not None else float("nan")
 
+    @property
+    def volume_calibration(self) -> VolumeCalibration | None:
+        """The threshold for 3D volumes and the scoring options it holds for (network buffer, see
+        :mod:`medad_monai.networks.volume_threshold`); ``None`` when no normal volumes calibrated it."""
+        return volume_calibration(self.network)
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Anomaly maps ``(B, 1, H, W)`` (float32, CPU) of a preprocessed batch ``(B, C, H, W)``."""
@@ -157,7 +164,8 @@ class BundleModel:
         return image_score(torch.as_tensor(maps).float(), self.reduction)
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready summary: name, version, model file and version, reduction, input, threshold (None if NaN)."""
+        """JSON-ready summary: name, version, model file and version, reduction, input, threshold (None if NaN), volume
+        calibration (None if none)."""
         return {
             "name": self.name,
             "version": self.version,
@@ -168,6 +176,7 @@ class BundleModel:
             "channels": self.channels,
             "spatial_size": list(self.spatial_size),
             "threshold": self.threshold if math.isfinite(self.threshold) else None,  # JSON has no NaN
+            "volume_calibration": asdict(vc) if (vc := self.volume_calibration) is not None else None,
         }
 
 

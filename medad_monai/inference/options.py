@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from medad_monai.scores import VOLUME_REDUCTIONS
+
 __all__ = ["MASK_SCOPES", "VOLUME_REDUCTIONS", "ScoringOptions"]
 
-VOLUME_REDUCTIONS = ("max", "mean", "topk")
 MASK_SCOPES = ("anomalous_slices", "all")
 
 

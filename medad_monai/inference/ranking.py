@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +46,18 @@ def most_anomalous(scores: dict[str, float]) -> list[tuple[str, float]]:
     return sorted(scores.items(), key=lambda kv: (math.isnan(kv[1]), -kv[1] if not math.isnan(kv[1]) else 0, kv[0]))
 
 
-def nearest_threshold(scores: dict[str, float], threshold: float) -> list[tuple[str, float]]:
-    """Studies by ascending ``|score - threshold|``: the one the model is least sure of first.
+def nearest_threshold(scores: dict[str, float], threshold: float | Mapping[str, float]) -> list[tuple[str, float]]:
+    """Studies by ascending ``|score - threshold|``: the one the model is least sure of first. ``threshold`` is one
+    value, or each study's own (a volume decided with the model's volume threshold, a 2D image with its image
+    threshold; :func:`~medad_monai.inference.volume.served_threshold`).
 
     Raises ``ValueError`` when the threshold is NaN (an uncalibrated model has no decision boundary).
     """
-    if not math.isfinite(threshold):
+    of = threshold if isinstance(threshold, Mapping) else dict.fromkeys(scores, float(threshold))
+    if not all(math.isfinite(of.get(k, math.nan)) for k in scores):
         raise ValueError("nearest-threshold ranking needs a calibrated threshold; the model's is NaN")
     finite = {k: v for k, v in scores.items() if math.isfinite(v)}
-    return sorted(finite.items(), key=lambda kv: (abs(kv[1] - threshold), kv[0]))
+    return sorted(finite.items(), key=lambda kv: (abs(kv[1] - of[kv[0]]), kv[0]))
 
 
 class ScoreCache:
@@ -123,10 +126,12 @@ class StudyRanker:
     """Rank studies for review with a scoring function and a :class:`ScoreCache`.
 
     Args:
-        score_fn: study path -> score (e.g. ``lambda p: score_volume(model, p).score``).
+        score_fn: study path -> score (e.g. ``lambda p: score_volume(model, p).score``), or ``(score, threshold)``
+            when studies are decided with thresholds of their own (a volume threshold beside the image one).
         cache_path: the cache JSON file.
         model_version: the scoring model's version (``BundleModel.model_version``).
-        threshold: the decision threshold (``BundleModel.threshold``) for :meth:`nearest_threshold`.
+        threshold: the decision threshold (``BundleModel.threshold``) for :meth:`nearest_threshold`, where
+            ``score_fn`` gives none.
 
     Studies that cannot be scored are left out of the rankings and listed in :attr:`errors` (path -> message), so
     one unreadable study does not stop the others from being served.
@@ -134,7 +139,7 @@ class StudyRanker:
 
     def __init__(
         self,
-        score_fn: Callable[[str], float],
+        score_fn: Callable[[str], float | tuple[float, float]],
         cache_path: str | os.PathLike,
         model_version: str,
         threshold: float = float("nan"),
@@ -142,14 +147,20 @@ class StudyRanker:
         self.score_fn, self.threshold = score_fn, float(threshold)
         self.cache = ScoreCache(cache_path, model_version)
         self.errors: dict[str, str] = {}
+        self.thresholds: dict[str, float] = {}  # each scored study's decision threshold
 
     @classmethod
     def for_model(cls, model: Any, cache_path: str | os.PathLike, **score_kwargs: Any) -> StudyRanker:
-        """A ranker scoring with a :class:`~medad_monai.inference.BundleModel` through ``score_volume``."""
+        """A ranker scoring with a :class:`~medad_monai.inference.BundleModel` through ``score_volume``, each study
+        ranked against the threshold it is decided with."""
         from medad_monai.inference.volume import score_volume
 
+        def score(path: str) -> tuple[float, float]:
+            result = score_volume(model, path, **score_kwargs)
+            return result.score, result.threshold
+
         return cls(
-            lambda p: score_volume(model, p, **score_kwargs).score,
+            score,
             cache_path,
             model.model_version,
             threshold=model.threshold,
@@ -163,16 +174,23 @@ class StudyRanker:
             cached = self.cache.get(path)
             if cached is not None:
                 out[path] = cached
+                self.thresholds[path] = float(self.cache.entries[self.cache.key(path)].get("threshold", self.threshold))
                 continue
             try:
-                score = float(self.score_fn(path))
+                scored = self.score_fn(path)
+                score, threshold = (
+                    (float(scored[0]), float(scored[1]))
+                    if isinstance(scored, tuple)
+                    else (float(scored), self.threshold)
+                )
             except Exception as e:  # any reader/model error: report the study, keep serving the others
                 self.errors[path] = f"{type(e).__name__}: {e}"
                 logger.warning(f"cannot score study '{path}': {e}")
                 continue
             self.errors.pop(path, None)
-            self.cache.put(path, score)
+            self.cache.put(path, score, threshold=threshold)
             out[path] = score
+            self.thresholds[path] = threshold
         self.cache.save()
         return out
 
@@ -181,8 +199,9 @@ class StudyRanker:
         return most_anomalous(self.scores(studies))
 
     def nearest_threshold(self, studies: Sequence[str | os.PathLike]) -> list[tuple[str, float]]:
-        """Studies by closeness of their score to the threshold."""
-        return nearest_threshold(self.scores(studies), self.threshold)
+        """Studies by closeness of their score to the threshold each is decided with."""
+        scores = self.scores(studies)
+        return nearest_threshold(scores, {k: self.thresholds.get(k, self.threshold) for k in scores})
 
     def next_study(self, studies: Sequence[str | os.PathLike], strategy: str = "most_anomalous") -> str | None:
         """The study to review next by ``strategy`` (``most_anomalous`` or ``nearest_threshold``); None if none."""

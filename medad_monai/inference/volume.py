@@ -23,6 +23,11 @@ as anomalous, above a lesion in the middle. Excluded slices get a zero map, no l
 is the ``volume_reduction`` (default ``max``) of the scored slices' scores. Without these rules the top slice of a
 head, a section with a few pixels of tissue that looks unlike any training image, outscores a lesion.
 
+A volume is decided with the model's volume threshold when it has one for the scoring options in use (the
+``quantile`` of normal volumes' scores, stored by ``python -m medad_monai.inference.calibrate_volumes``; see
+:mod:`medad_monai.networks.volume_threshold`), else with its 2D threshold, which the maximum over a volume's slices
+exceeds more often than one image's score does; ``AnomalyResult.threshold_source`` says which.
+
 MONAI's ``SliceInferer`` was considered: it runs a 2D network over the slices of a tensor at the slices' native size
 and cannot apply per-slice preprocessing (resize, channel policy, per-slice scaling) or per-slice scores, which
 the 2D bundles need, so the slicing here is explicit and reuses the bundle's transforms instead.
@@ -30,6 +35,7 @@ the 2D bundles need, so the slicing here is explicit and reuses the bundle's tra
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +52,8 @@ from medad_monai.inference.options import VOLUME_REDUCTIONS, ScoringOptions
 from medad_monai.scores import decision
 from medad_monai.transforms import INTENSITY_WINDOW_KEY, ImageReadError, IntensityPolicyd
 
+logger = logging.getLogger("medad_monai")
+
 __all__ = [
     "RELATIVE_BODY",
     "AnomalyResult",
@@ -55,6 +63,7 @@ __all__ = [
     "score_image",
     "score_volume",
     "select_slices",
+    "served_threshold",
     "volume_window",
 ]
 
@@ -76,6 +85,9 @@ class AnomalyResult:
             (length 1 for a 2D image; NaN for a slice outside the body, see ``scored_slices``).
         scored_slices: indices of the slices that were scored (inside the body); every slice of a 2D image.
         threshold: the decision threshold used (the model's calibrated one unless overridden); NaN if none.
+        threshold_source: where ``threshold`` came from: ``"image"`` (the model's 2D threshold), ``"volume"`` (its
+            volume threshold, for a 3D input scored with the options it was calibrated with; see
+            :mod:`medad_monai.networks.volume_threshold`) or ``"override"`` (the caller's).
         pixel_threshold: the value ``mask`` was cut at (``threshold`` unless overridden).
         decision: 1 anomalous (``score > threshold``), 0 normal, -1 unknown (threshold NaN: model not calibrated),
             as the bundles' ``ThresholdDecisiond`` and ``scores.csv``.
@@ -103,6 +115,7 @@ class AnomalyResult:
     scored_slices: list[int] = field(default_factory=lambda: [0])
     image: np.ndarray | None = field(default=None, repr=False)
     model: dict[str, Any] = field(default_factory=dict)
+    threshold_source: str = "image"
 
     @property
     def is_anomalous(self) -> bool | None:
@@ -121,6 +134,7 @@ class AnomalyResult:
             "source": self.source,
             "score": self.score,
             "threshold": None if not np.isfinite(self.threshold) else self.threshold,
+            "threshold_source": self.threshold_source,
             "pixel_threshold": None if not np.isfinite(self.pixel_threshold) else self.pixel_threshold,
             "mask_scope": self.mask_scope,
             "decision": self.decision,
@@ -382,6 +396,25 @@ def select_slices(
     return window, foreground, scored
 
 
+def served_threshold(model: BundleModel, options: ScoringOptions, volume: bool) -> tuple[float, str]:
+    """The threshold a ``volume`` (else a 2D image) scored with ``options`` is decided with, and its source:
+    the model's volume threshold (``"volume"``) when it has one calibrated with these options, else its 2D
+    threshold (``"image"``; a warning says why when a volume threshold exists for other options)."""
+    calibration = model.volume_calibration if volume else None
+    if calibration is None:
+        return model.threshold, "image"
+    if calibration.holds_for(options):
+        return calibration.threshold, "volume"
+    logger.warning(
+        f"bundle '{model.root}': its volume threshold was calibrated with axis {calibration.axis}, "
+        f"{calibration.volume_reduction} (top_k {calibration.top_k}), min_relative_body "
+        f"{calibration.min_relative_body:g}; scored with axis {options.axis}, {options.volume_reduction} (top_k "
+        f"{options.top_k}), min_relative_body {options.min_relative_body:g}, this volume is decided with the image "
+        "threshold"
+    )
+    return model.threshold, "image"
+
+
 def score_volume(
     model: BundleModel,
     image: str | os.PathLike | np.ndarray | torch.Tensor,
@@ -406,7 +439,9 @@ def score_volume(
         affine: the array's 4x4 (or 2D 3x3) affine; default the MetaTensor's or the file's, else identity.
         axis: spatial axis (0, 1, 2) sliced for 3D inputs; ignored for 2D. Default 2 (axial for RAS NIfTI).
         volume_reduction: ``max`` (default), ``mean`` or ``topk`` of the slice scores; ``top_k`` for ``topk``.
-        threshold: overrides the model's calibrated threshold for the decision (and the mask).
+        threshold: overrides the model's calibrated threshold for the decision (and the mask). Default: for a 3D
+            input, the model's volume threshold when it was calibrated with these options (:func:`served_threshold`),
+            else (and for 2D) its image threshold.
         pixel_threshold: overrides the value the map is cut at for ``mask`` (default: ``threshold``). The stored
             threshold is calibrated on image scores; for ``max``-reduced bundles a pixel above it is exactly what
             makes the image anomalous, for ``mean``-reduced ones (DDAD) it marks the pixels above the mean level.
@@ -429,7 +464,10 @@ def score_volume(
     opts = ScoringOptions(axis, volume_reduction, int(top_k), int(batch_size), mask_scope, min_relative_body)
     data, aff, source = _as_input(image, affine)
     spatial = tuple(data.shape[1:])
-    t = float(threshold) if threshold is not None else model.threshold
+    if threshold is not None:
+        t, t_source = float(threshold), "override"
+    else:
+        t, t_source = served_threshold(model, opts, volume=len(spatial) == 3)
     pt = float(pixel_threshold) if pixel_threshold is not None else t
     if len(spatial) == 2:  # a 2D image: scored as the bundle's own inference scores it
         ax, scored = None, [0]
@@ -483,6 +521,7 @@ def score_volume(
         scored_slices=scored,
         image=data.mean(0).numpy().astype(np.float32),
         model=model.describe(),
+        threshold_source=t_source,
     )
 
 

@@ -153,6 +153,6 @@ class AnomalyInferTask(BasicInferTask):
         data["result"] = summary
         logger.info(
             f"{self.bundle.name}: score {result.score:.6g} threshold {result.threshold:.6g} "
-            f"decision {result.decision} ({Path(image).name})"
+            f"({result.threshold_source}) decision {result.decision} ({Path(image).name})"
         )
         return data

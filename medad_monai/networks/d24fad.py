@@ -28,6 +28,7 @@ from medad_monai.networks.calibration import fill_missing_calibration_scores, re
 from medad_monai.networks.feature_cache import FeatureCache
 from medad_monai.networks.rd_decoder import ReverseDistillationDecoder
 from medad_monai.networks.teachers import WideResNetTeacher
+from medad_monai.networks.volume_threshold import fill_missing_volume_calibration, register_volume_calibration
 
 __all__ = ["D24FAD", "LearnToWeight", "convert_official_checkpoint", "l2w_prototype", "l2w_weights"]
 
@@ -168,6 +169,7 @@ class D24FAD(nn.Module):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
         register_calibration_scores(self)  # the validation-normal scores the threshold came from
+        register_volume_calibration(self)  # the threshold for 3D volumes, from normal volumes (NaN: none)
 
     # ------------------------------------------------------------------ helpers
     def _check_images(self, x: Tensor, name: str, expected_dim: int) -> None:
@@ -297,6 +299,7 @@ class D24FAD(nn.Module):
                     resized = True
         fill_missing_body_extent(state_dict, prefix)  # type: ignore[arg-type]
         fill_missing_calibration_scores(state_dict, prefix)  # type: ignore[arg-type]
+        fill_missing_volume_calibration(state_dict, prefix)  # type: ignore[arg-type]
         if resized:
             feat0 = self.support_feat_0
             if any(getattr(self, f"support_feat_{i}").shape[0] != feat0.shape[0] for i in range(_NUM_SCALES)):

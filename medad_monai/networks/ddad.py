@@ -39,6 +39,7 @@ from medad_monai.networks.architecture import check_architecture, record_archite
 from medad_monai.networks.autoencoders import AEEnsemble
 from medad_monai.networks.body_extent import fill_missing_body_extent, register_body_extent
 from medad_monai.networks.calibration import fill_missing_calibration_scores, register_calibration_scores
+from medad_monai.networks.volume_threshold import fill_missing_volume_calibration, register_volume_calibration
 from medad_monai.scores import image_score
 
 __all__ = ["ASRNet", "DDAD", "MonotoneASRNet", "OUTPUT_MAPS", "REFINEMENTS", "REFINE_INPUTS"]
@@ -208,6 +209,7 @@ class DDAD(nn.Module):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
         register_calibration_scores(self)  # the validation-normal scores the threshold came from
+        register_volume_calibration(self)  # the threshold for 3D volumes, from normal volumes (NaN: none)
         record_architecture(
             self,
             {
@@ -228,6 +230,7 @@ class DDAD(nn.Module):
         check_architecture(self, state_dict, prefix)
         fill_missing_body_extent(state_dict, prefix)
         fill_missing_calibration_scores(state_dict, prefix)
+        fill_missing_volume_calibration(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     def _check(self, x: torch.Tensor) -> None:

@@ -57,6 +57,7 @@ from medad_monai.networks.vmamba import (
     vanilla_vmamba_tiny,
     vmamba_tiny,
 )
+from medad_monai.networks.volume_threshold import fill_missing_volume_calibration, register_volume_calibration
 from medad_monai.networks.weights import VANILLA_VMAMBA_TINY, VMAMBA_TINY, resolve_weights
 
 __all__ = [
@@ -336,6 +337,7 @@ class PDD(nn.Module):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         register_body_extent(self)  # the body fraction of the slices it is served on, set with the threshold
         register_calibration_scores(self)  # the validation-normal scores the threshold came from
+        register_volume_calibration(self)  # the threshold for 3D volumes, from normal volumes (NaN: none)
         record_architecture(
             self,
             {
@@ -414,6 +416,7 @@ class PDD(nn.Module):
         check_architecture(self, state_dict, prefix, legacy={"fusion": "sum", "plain_map": "all", "diverse_levels": 1})
         fill_missing_body_extent(state_dict, prefix)
         fill_missing_calibration_scores(state_dict, prefix)
+        fill_missing_volume_calibration(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
     # ---------------------------------------------------------------------------------------------------- API

@@ -180,16 +180,21 @@ class VolumeServing:
         on_lesion: the lesion volume's top slice is a lesion slice.
         labelled: the lesion volume is decided anomalous and most of its lesion carries the ``anomaly`` label.
         normals_flagged: normal volumes decided anomalous (with the threshold the volumes were served with).
-        normals_over_image_threshold: normal volumes whose score exceeds the model's 2D image threshold.
         threshold_sources: the ``threshold_source`` of every served volume.
+        normal_scores, lesion_scores: the volume scores, per subject.
     """
 
     first: int = 0
     on_lesion: int = 0
     labelled: int = 0
     normals_flagged: int = 0
-    normals_over_image_threshold: int = 0
     threshold_sources: set[str] = field(default_factory=set)
+    normal_scores: list[float] = field(default_factory=list)
+    lesion_scores: list[float] = field(default_factory=list)
+
+    def over(self, threshold: float) -> tuple[int, int]:
+        """How many normal and how many lesion volumes score above ``threshold``."""
+        return sum(s > threshold for s in self.normal_scores), sum(s > threshold for s in self.lesion_scores)
 
 
 def serve_demo_subjects(model, domain: str, subjects: range | list[int] = range(8)) -> VolumeServing:
@@ -207,8 +212,9 @@ def serve_demo_subjects(model, domain: str, subjects: range | list[int] = range(
         seen.on_lesion += rl.top_slice in lesion.lesion_slices
         seen.labelled += bool(rl.is_anomalous) and (truth & label).sum() > 0.5 * truth.sum()
         seen.normals_flagged += bool(rn.is_anomalous)
-        seen.normals_over_image_threshold += rn.score > model.threshold
         seen.threshold_sources |= {rn.threshold_source, rl.threshold_source}
+        seen.normal_scores.append(rn.score)
+        seen.lesion_scores.append(rl.score)
     return seen
 
 

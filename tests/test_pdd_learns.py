@@ -29,15 +29,15 @@ def trained(tmp_path_factory) -> Path:
 def test_lesion_volumes_score_above_their_normal_twins_and_are_labelled(trained):
     """Eight subjects of the 3D demo head CT, each with and without a lesion over 5 slices. Measured at seed 0 (2
     threads): lesion first 8 of 8, top slice in the lesion 8 of 8, most of the lesion labelled 4 of 8 (the others:
-    the lesion volume stays under the 2D threshold, or the label misses it). The same model flags 3 of the 8 normal
-    volumes with its 2D threshold."""
+    the lesion volume stays under the 2D threshold, or the label misses it), and 3 of the 8 normal volumes flagged by
+    the 2D threshold. A volume threshold from 8 other subjects' normal volumes (their 0.95 quantile) flags 1 of the
+    8 normal volumes and 4 of the 8 lesion volumes."""
     model = load_bundle_model(trained, device="cpu")
     seen = serve_demo_subjects(model, DOMAIN)
     assert seen.threshold_sources == {"image"}  # no volume threshold yet
     assert seen.first >= 7 and seen.on_lesion >= 7, seen
     assert seen.labelled >= 3, seen
-    print(seen)
     calibration = calibrate_on_demo_normals(model, DOMAIN)
-    calibrated = serve_demo_subjects(model, DOMAIN)
-    print(calibration, calibrated)
-    assert calibrated.threshold_sources == {"volume"}
+    assert calibration.threshold > model.threshold  # a volume's maximum over slices exceeds one image's quantile
+    normals, lesions = seen.over(calibration.threshold)
+    assert normals <= min(1, seen.normals_flagged) and lesions >= 1, (seen, calibration)

@@ -286,7 +286,7 @@ def test_checkpoints_are_read_without_unpickling_code(tmp_path):
 # and what the resumed run logs when it continues instead of starting over (a fresh start gives the same weights)
 RESUME_CASES = {
     "pdd": (
-        ["--epochs", "4", "--batch_size", "3", "--decoder_blocks", "[1,1,1]", "--wrn_weights", "random",
+        ["--epochs", "2", "--batch_size", "3", "--decoder_blocks", "[1,1,1]", "--wrn_weights", "random",
          "--vmamba_weights", "random"],
         "training_state.pt",
         "--resume: continuing after epoch",
@@ -296,9 +296,9 @@ RESUME_CASES = {
         "model.ndm.pt",
         "DDAD --resume: stages up to",
     ),
-    # an epoch of 5 batches splits a pass over the data: the resumed run must continue the pass mid-way
+    # an epoch of 3 batches splits a pass over the data (40 batches): the resumed run must continue the pass mid-way
     "d24fad": (
-        ["--epochs", "3", "--epoch_length", "5", "--batch_size", "2", "--sources", "['demo:chest_xray']",
+        ["--epochs", "2", "--epoch_length", "3", "--batch_size", "2", "--sources", "['demo:chest_xray']",
          "--teacher_weights", "random", "--image_size", "32"],
         "training_state.pt",
         "--resume: continuing after epoch",

@@ -2,8 +2,10 @@
 
 1. Softplus of the selective scan's step sizes: ``F.softplus`` (used) against the "exact and faster" formulation
    ``where(x > 20, x, log1p(exp(min(x, 20))))``, with ``exp`` alone as the floor, on VMamba-T's stage-1 size.
-2. DDAD's ensemble training step: the Python loop over the K members (used) against one vectorised
-   ``torch.func.functional_call`` + ``vmap`` over stacked member parameters (forward and backward).
+2. DDAD's ensemble training step: the Python loop over the K members (used by default) against the grouped
+   computation of ``vectorised_members`` (grouped convolutions, batched linear layers) and one
+   ``torch.func.functional_call`` + ``vmap`` over stacked member parameters (forward and backward), and the loop
+   with PyTorch's fused Adam (the optimiser's share of the step).
 3. ASR-Net's training step in channels-first (used) and channels-last memory format.
 
     python benchmarks/cpu_alternatives.py --threads 1
@@ -73,11 +75,21 @@ def ensemble_step(device: torch.device, repeats: int, members: int = 3, batch: i
     opt = torch.optim.Adam(ens.parameters(), 1e-3)
     template = ens.members[0]
 
-    def loop() -> None:
+    def loop(optimiser: torch.optim.Optimizer = opt) -> None:
+        ens.vectorised = False
+        loss = criterion(ens.training_outputs(x))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+    def grouped() -> None:
+        ens.vectorised = True
         loss = criterion(ens.training_outputs(x))
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    fused = torch.optim.Adam(ens.parameters(), 1e-3, fused=True)
 
     def vectorised() -> None:
         names = [n for n, _ in template.named_parameters()]
@@ -93,7 +105,9 @@ def ensemble_step(device: torch.device, repeats: int, members: int = 3, batch: i
 
     timings = {
         "member loop": _median_ms(loop, repeats, device),
+        "grouped (vectorised_members)": _median_ms(grouped, repeats, device),
         "vmap over members": _median_ms(vectorised, repeats, device),
+        "member loop, fused Adam": _median_ms(lambda: loop(fused), repeats, device),
     }
     _report(f"DDAD ensemble training step (K={members}, batch {batch}, 64 px, AE-U)", timings, "member loop")
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medad_monai.networks.grouped_ensemble import grouped_outputs
+
 __all__ = ["AE", "AEEnsemble", "MemAE", "MemoryUnit", "build_backbone"]
 
 BACKBONES = ("ae", "ae-u", "memae")
@@ -159,13 +161,19 @@ class AEEnsemble(nn.Module):
     ``forward`` runs every member on the same images and returns ``(B, K, C_out, H, W)``; ``training_outputs`` takes
     a member axis ``(B, K, C, H, W)`` (each member its own images, see :class:`~medad_monai.data.EnsembleDataset`)
     and returns what :class:`~medad_monai.losses.autoencoder.EnsembleReconstructionLoss` sums over the members.
+    With ``vectorised``, ``training_outputs`` runs the members as one grouped computation
+    (:func:`~medad_monai.networks.grouped_ensemble.grouped_outputs`: the same values and gradients; faster where
+    kernel launches dominate, slower on CPU); ``forward`` (inference, TorchScript) always loops.
     """
 
-    def __init__(self, num_members: int = 3, backbone: str = "ae-u", **backbone_kwargs: float) -> None:
+    def __init__(
+        self, num_members: int = 3, backbone: str = "ae-u", vectorised: bool = False, **backbone_kwargs: float
+    ) -> None:
         super().__init__()
         if num_members < 2:
             raise ValueError(f"an ensemble needs at least 2 members (std over members), got {num_members}")
         self.members = nn.ModuleList([build_backbone(backbone, **backbone_kwargs) for _ in range(num_members)])
+        self.vectorised = bool(vectorised)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members], dim=1)
@@ -174,6 +182,12 @@ class AEEnsemble(nn.Module):
         """``{"images": x, "outputs": [member k's output on x[:, k]], "attention": [...] (MemAE)}``."""
         if x.ndim != 5 or x.shape[1] != len(self.members):
             raise ValueError(f"expected images (B, K={len(self.members)}, C, H, W), got {tuple(x.shape)}")
+        if self.vectorised:
+            outputs, attention = grouped_outputs(list(self.members), x)
+            grouped: dict[str, torch.Tensor | list[torch.Tensor]] = {"images": x, "outputs": list(outputs.unbind(1))}
+            if attention is not None:
+                grouped["attention"] = list(attention.unbind(1))
+            return grouped
         per_member = [member.training_outputs(x[:, k]) for k, member in enumerate(self.members)]
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {"images": x, "outputs": [o["output"] for o in per_member]}
         if all("attention" in o for o in per_member):

@@ -159,6 +159,8 @@ class DDAD(nn.Module):
         refinement: ``"asr"`` (the paper's ASR-Net) or ``"monotone"`` (:class:`MonotoneASRNet`).
         refine_input: ``"raw"`` (the paper: the discrepancy maps as they are) or ``"saturate"``
             (``x / (x + q)`` per channel, ``q`` fitted on validation normals by :meth:`fit_refinement_input`).
+        vectorised_members: train each ensemble's members as one grouped computation (the same values; see
+            :mod:`~medad_monai.networks.grouped_ensemble`) instead of a loop; off by default (slower on CPU).
     """
 
     def __init__(
@@ -176,6 +178,7 @@ class DDAD(nn.Module):
         output_map: str = "refined",
         refinement: str = "asr",
         refine_input: str = "raw",
+        vectorised_members: bool = False,
     ) -> None:
         super().__init__()
         kwargs = dict(
@@ -186,8 +189,8 @@ class DDAD(nn.Module):
             mem_dim=mem_dim,
             shrink_thres=shrink_thres,
         )
-        self.ndm = AEEnsemble(num_members, backbone, **kwargs)
-        self.udm = AEEnsemble(num_members, backbone, **kwargs)
+        self.ndm = AEEnsemble(num_members, backbone, vectorised_members, **kwargs)
+        self.udm = AEEnsemble(num_members, backbone, vectorised_members, **kwargs)
         self.asr_intra = build_refinement_net(refinement, 1, asr_channels)
         self.asr_dual = build_refinement_net(refinement, 2, asr_channels)
         self.uncertainty = backbone.lower() == "ae-u"

@@ -95,8 +95,8 @@ def _prepare_scan(
     delta_softplus: bool,
     block: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int, int]:
-    """Common set-up of the vectorised scans: grouped B/C, shape checks, float32 ``delta`` (bias, softplus), the scan
-    input ``x = delta * u``, and zero padding of the sequence to whole blocks of ``min(block, L)`` positions (delta = 0
+    """Set-up of the block-wise scan: grouped B/C, shape checks, float32 ``delta`` (bias, softplus), the scan input
+    ``x = delta * u``, and zero padding of the sequence to whole blocks of ``min(block, L)`` positions (delta = 0
     means decay 1 and no input, and padding follows every real position, so it never changes real outputs).
 
     Returns ``(u, delta, x, B, C, block_length, num_blocks)``, all float32, the last four padded.

@@ -91,13 +91,18 @@ def test_a_stored_volume_threshold_decides_volumes_scored_with_its_options(norma
 
 def test_the_calibration_holds_only_for_its_scoring_options():
     c = VolumeCalibration(1.0, 0.95, 8, 2, "topk", 3, 0.9)
-    assert c.holds_for(ScoringOptions(axis=-1, volume_reduction="topk", top_k=3, min_relative_body=0.9))
-    assert not c.holds_for(ScoringOptions(volume_reduction="topk", top_k=4))
-    assert not c.holds_for(ScoringOptions(axis=0, volume_reduction="topk", top_k=3))
-    assert not c.holds_for(ScoringOptions(volume_reduction="max"))
-    assert not c.holds_for(ScoringOptions(volume_reduction="topk", top_k=3, min_relative_body=0.0))
+
+    def holds(**options) -> bool:
+        o = ScoringOptions(**options)
+        return c.holds_for(o.axis, o.volume_reduction, o.top_k, o.min_relative_body)
+
+    assert holds(axis=-1, volume_reduction="topk", top_k=3, min_relative_body=0.9)
+    assert not holds(volume_reduction="topk", top_k=4)
+    assert not holds(axis=0, volume_reduction="topk", top_k=3)
+    assert not holds(volume_reduction="max")
+    assert not holds(volume_reduction="topk", top_k=3, min_relative_body=0.0)
     # top_k does not matter for max
-    assert VolumeCalibration(1.0, 0.95, 8, 2, "max", 5, 0.9).holds_for(ScoringOptions(top_k=1))
+    assert VolumeCalibration(1.0, 0.95, 8, 2, "max", 5, 0.9).holds_for(2, "max", 1, 0.9)
     net = DDAD(num_members=2, multiplier=0.25)
     assert volume_calibration(net) is None  # NaN until calibrated
     getattr(net, VOLUME_KEY).copy_(c.to_tensor())

@@ -403,7 +403,7 @@ def served_threshold(model: BundleModel, options: ScoringOptions, volume: bool) 
     calibration = model.volume_calibration if volume else None
     if calibration is None:
         return model.threshold, "image"
-    if calibration.holds_for(options):
+    if calibration.holds_for(options.axis, options.volume_reduction, options.top_k, options.min_relative_body):
         return calibration.threshold, "volume"
     logger.warning(
         f"bundle '{model.root}': its volume threshold was calibrated with axis {calibration.axis}, "

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import astuple, dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from medad_monai.scores import VOLUME_REDUCTIONS
-
-if TYPE_CHECKING:  # the networks do not import the serving code
-    from medad_monai.inference.options import ScoringOptions
 
 __all__ = [
     "FIELDS",
@@ -60,14 +56,15 @@ class VolumeCalibration:
     top_k: int
     min_relative_body: float
 
-    def holds_for(self, options: ScoringOptions) -> bool:
-        """Whether volumes scored with ``options`` are comparable with this threshold (``top_k`` matters only for
-        the ``topk`` reduction; the axis is compared modulo 3, as ``score_volume`` slices)."""
+    def holds_for(self, axis: int, volume_reduction: str, top_k: int, min_relative_body: float) -> bool:
+        """Whether volumes scored with these options (those of
+        :class:`~medad_monai.inference.options.ScoringOptions`) are comparable with this threshold: ``top_k``
+        matters only for the ``topk`` reduction, and the axis is compared modulo 3, as ``score_volume`` slices."""
         return (
-            self.axis % 3 == options.axis % 3
-            and self.volume_reduction == options.volume_reduction
-            and (self.volume_reduction != "topk" or self.top_k == options.top_k)
-            and math.isclose(self.min_relative_body, float(options.min_relative_body), abs_tol=1e-6)
+            self.axis % 3 == axis % 3
+            and self.volume_reduction == volume_reduction
+            and (self.volume_reduction != "topk" or self.top_k == top_k)
+            and math.isclose(self.min_relative_body, float(min_relative_body), abs_tol=1e-6)
         )
 
     def to_tensor(self) -> Tensor:

@@ -218,6 +218,10 @@ def test_compare_a_few_shot_bundle_end_to_end(tmp_path):
     rows = compare_with_anomalib(
         "d24fad",
         tmp_path,
+        methods=(
+            "bundle",
+            "patchcore",
+        ),  # RD's few-shot fit is the same code path as PatchCore's data (and costs a minute)
         epochs=1,
         rd_epochs=1,
         batch_size=4,
@@ -225,7 +229,7 @@ def test_compare_a_few_shot_bundle_end_to_end(tmp_path):
         image_size=64,
         overrides={"epoch_length": 2, "batch_size": 2},
     )
-    assert [r["method"] for r in rows] == ["bundle", "reverse_distillation", "patchcore"]
+    assert [r["method"] for r in rows] == ["bundle", "patchcore"]
     for r in rows:
         assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["specificity"] <= 1.0 and 0.0 <= r["pixel_auroc"] <= 1.0
         assert r["fit_seconds"] > 0 and r["latency_ms"] > 0 and r["peak_rss_mb"] > 100
@@ -240,7 +244,7 @@ def test_compare_a_few_shot_bundle_end_to_end(tmp_path):
     assert saved["provenance"]["anomalib"]
     # the bundle against each baseline on the same images: a paired bootstrap and DeLong's test each
     assert [(c["b"], c["method"]) for c in saved["comparisons"]] == [
-        (m, test) for m in ("reverse_distillation", "patchcore") for test in ("paired bootstrap", "DeLong")
+        ("patchcore", test) for test in ("paired bootstrap", "DeLong")
     ]
     assert "| bundle - patchcore |" in report
     for picture in ("roc.png", "score_histograms.png"):

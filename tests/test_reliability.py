@@ -95,7 +95,7 @@ def test_ddad_failing_after_its_stages_keeps_the_previous_model(tmp_path, monkey
     """A run that fails after training (here: in the served-map choice) leaves the earlier model.pt as it was,
     keeps the trained stages in their own files, and removes the temporary file a killed save had left."""
     train, meta = _configs("ddad")
-    tiny = {"epochs": 1, "asr_epochs": 1, "num_members": 2}
+    tiny = {"epochs": 1, "asr_epochs": 1, "num_members": 2, "image_size": 32, "network_def#multiplier": 0.25}
     wf = bundle_workflow(train, meta, run_id="training", bundle_root=str(tmp_path), **tiny)
     wf.run()
     models = tmp_path / "models"
@@ -292,7 +292,8 @@ RESUME_CASES = {
         "--resume: continuing after epoch",
     ),
     "ddad": (
-        ["--epochs", "2", "--asr_epochs", "2", "--num_members", "2", "--image_size", "32"],
+        ["--epochs", "2", "--asr_epochs", "2", "--num_members", "2", "--image_size", "32",
+         "--network_def#multiplier", "0.25"],
         "model.ndm.pt",
         "DDAD --resume: stages up to",
     ),

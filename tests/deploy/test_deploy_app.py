@@ -486,3 +486,25 @@ def test_a_series_that_is_not_one_regular_stack_is_refused_with_its_reason(ddad_
         failure["stage"] == "inference" and "SeriesGeometryError" in failure["error"] and expected in failure["error"]
     )
     assert not list(out.glob("series*"))
+
+
+def test_a_volume_is_decided_with_the_models_volume_threshold(ddad_bundle, mixed_inputs, tmp_path):
+    """A bundle holding a volume threshold (written as ``medad-monai calibrate_volumes`` writes it): a volume study's
+    JSON carries it and is decided by it, a 2D study keeps the image threshold."""
+    from medad_monai.inference.volume_calibration import store_volume_calibration
+    from medad_monai.networks.volume_threshold import VolumeCalibration
+
+    bundle = tmp_path / "ddad"
+    shutil.copytree(ddad_bundle, bundle)
+    store_volume_calibration(bundle, VolumeCalibration(0.25, 0.95, 8, 2, "max", 3, 0.9))  # the app's options
+    inputs = tmp_path / "inputs"
+    (inputs / "volumes").mkdir(parents=True)
+    shutil.copy(mixed_inputs / "volumes" / "vol.nii.gz", inputs / "volumes")
+    shutil.copy(mixed_inputs / "ct.dcm", inputs)
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), "-m", str(bundle), "--device", "cpu"]) == 0
+    vol, ct = read_json(out, "volumes__vol"), read_json(out, "ct")
+    assert (vol["threshold_source"], vol["threshold"]) == ("volume", pytest.approx(0.25))
+    assert vol["decision"] == int(vol["score"] > 0.25)
+    assert vol["model"]["volume_calibration"]["num_volumes"] == 8
+    assert (ct["threshold_source"], ct["threshold"]) == ("image", pytest.approx(0.502))

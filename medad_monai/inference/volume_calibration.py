@@ -135,8 +135,9 @@ def _update_checkpoint(path: Path, value: torch.Tensor) -> None:
     atomic_torch_save(state, path)
 
 
-def _update_torchscript(path: Path, value: torch.Tensor) -> None:
-    """Set the ``volume_calibration`` buffer of a TorchScript file, keeping the files ``ckpt_export`` embedded."""
+def _torchscript_with(path: Path, value: torch.Tensor) -> bytes:
+    """The TorchScript file ``path`` with its ``volume_calibration`` buffer set, as bytes (the files ``ckpt_export``
+    embedded are kept)."""
     with zipfile.ZipFile(path) as archive:  # embedded files live under "<archive>/extra/<name>"
         names = [n.split("/extra/", 1)[1] for n in archive.namelist() if "/extra/" in n]
     extra = dict.fromkeys(names, "")
@@ -147,26 +148,29 @@ def _update_torchscript(path: Path, value: torch.Tensor) -> None:
     buffer.copy_(value.to(buffer.dtype))
     data = io.BytesIO()
     torch.jit.save(module, data, _extra_files=extra)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.getvalue())
+    return data.getvalue()
 
 
 def store_volume_calibration(bundle: str | os.PathLike, calibration: VolumeCalibration) -> list[Path]:
     """Write ``calibration`` into the bundle's ``models/model.pt`` and ``models/model.ts`` (those that exist),
-    atomically; returns the files written.
+    each atomically, and neither when either cannot take it; returns the files written.
 
     Raises:
         FileNotFoundError: the bundle has neither file.
+        ValueError: a file is not an anomaly network's (a TorchScript export from before the buffer, say).
     """
     models = Path(bundle) / "models"
     value = calibration.to_tensor()
-    written: list[Path] = []
-    if (models / "model.pt").is_file():
-        _update_checkpoint(models / "model.pt", value)
-        written.append(models / "model.pt")
-    if (models / "model.ts").is_file():
-        _update_torchscript(models / "model.ts", value)
-        written.append(models / "model.ts")
-    if not written:
+    pt, ts = models / "model.pt", models / "model.ts"
+    if not pt.is_file() and not ts.is_file():
         raise FileNotFoundError(f"bundle '{bundle}': no models/model.pt or models/model.ts to store the threshold in")
+    ts_bytes = _torchscript_with(ts, value) if ts.is_file() else None  # checked before anything is written
+    written: list[Path] = []
+    if pt.is_file():
+        _update_checkpoint(pt, value)
+        written.append(pt)
+    if ts_bytes is not None:
+        with atomic_path(ts) as tmp:
+            tmp.write_bytes(ts_bytes)
+        written.append(ts)
     return written

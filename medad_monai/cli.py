@@ -218,8 +218,7 @@ class Commands:
     ) -> None:
         """Write 3D demo volumes of ``--subjects`` (``0-7``, ``100,101``) of ``--domain`` under ``out``: the normal
         volume of each subject (``--lesion``: the lesion volume and its mask too) as NIfTI, ``--size`` pixels square
-        and ``--slices`` deep. Fixtures to try the
-        volume serving and ``calibrate_volumes`` with, not a benchmark."""
+        and ``--slices`` deep. Fixtures to try the volume serving and ``calibrate_volumes`` with, not a benchmark."""
         from medad_monai.data.demo_volumes import VOLUME_DOMAINS, write_demo_subjects
 
         if domain not in VOLUME_DOMAINS:
@@ -275,6 +274,7 @@ class Commands:
 
 def _int_list(text: str | int | list[int] | tuple[int, ...]) -> list[int]:
     """``"0-7"``, ``"1,3,5"``, ``4`` or a list (python-fire may parse ``1,3`` as a tuple) to a list of ints."""
+    # not d24fad_grid.parse_list: importing the comparison package takes seconds (anomalib)
     if isinstance(text, (int, list, tuple)):
         return [int(text)] if isinstance(text, int) else [int(v) for v in text]
     values: list[int] = []

@@ -178,11 +178,7 @@ class StudyRanker:
                 continue
             try:
                 scored = self.score_fn(path)
-                score, threshold = (
-                    (float(scored[0]), float(scored[1]))
-                    if isinstance(scored, tuple)
-                    else (float(scored), self.threshold)
-                )
+                score, threshold = map(float, scored if isinstance(scored, tuple) else (scored, self.threshold))
             except Exception as e:  # any reader/model error: report the study, keep serving the others
                 self.errors[path] = f"{type(e).__name__}: {e}"
                 logger.warning(f"cannot score study '{path}': {e}")

@@ -24,7 +24,7 @@ is the ``volume_reduction`` (default ``max``) of the scored slices' scores. With
 head, a section with a few pixels of tissue that looks unlike any training image, outscores a lesion.
 
 A volume is decided with the model's volume threshold when it has one for the scoring options in use (the
-``quantile`` of normal volumes' scores, stored by ``python -m medad_monai.inference.calibrate_volumes``; see
+``quantile`` of normal volumes' scores, stored by ``medad-monai calibrate_volumes``; see
 :mod:`medad_monai.networks.volume_threshold`), else with its 2D threshold, which the maximum over a volume's slices
 exceeds more often than one image's score does; ``AnomalyResult.threshold_source`` says which.
 

@@ -75,7 +75,8 @@ def _run(h: Tensor, stages: Sequence[nn.Sequential], batch: int) -> Tensor:
             h = _linear(h, layers)
         elif isinstance(first, nn.modules.batchnorm._BatchNorm):
             shape = h.shape
-            h = _batch_norm(h.reshape(batch, -1, *shape[3:]) if h.dim() == 3 else h, layers).reshape(shape)
+            # (B, K, D) after a linear layer: BatchNorm1d over the K * D concatenated features
+            h = _batch_norm(h.reshape(batch, -1) if h.dim() == 3 else h, layers).reshape(shape)
         elif isinstance(first, nn.ReLU):
             h = F.relu(h)
         else:

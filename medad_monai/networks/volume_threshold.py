@@ -4,7 +4,7 @@ A model's ``threshold`` is a high quantile of one 2D validation normal's score. 
 scored by a reduction over its body slices (by default their maximum over about twenty), which exceeds a one-image
 quantile far more often than one image does: the demo DDAD and PDD bundles flag 3 of 8 normal head CT volumes with
 their 2D thresholds. A threshold for volumes must come from normal volumes scored as serving scores them
-(:mod:`medad_monai.inference.calibrate_volumes`), and it holds only for the scoring options it was calibrated with
+(:mod:`medad_monai.inference.volume_calibration`), and it holds only for the scoring options it was calibrated with
 (slicing axis, volume reduction and its ``top_k``, the relative body rule): served with other options, a volume
 falls back to the image threshold (:func:`medad_monai.inference.volume.score_volume` says which one it used).
 

@@ -5,12 +5,14 @@ Model", NeurIPS 2024): L = 64 * 64 = 4096, d_inner = 96, K = 4 scan routes, d_st
 
     python benchmarks/bench_selective_scan.py                  # CPU, default sizes, < 2 min on 2 cores
     python benchmarks/bench_selective_scan.py --sweep 1 2 4 8 16 64 --device cuda
-    # the original VMamba-T (v0, PDD's teacher): d_state 16, d_inner 192; block-wise scan, block sizes 0 (auto), 64
+    # the original VMamba-T (v0, PDD's teacher): d_state 16, d_inner 192; block-wise scan (auto, 64), compiled loop
     python benchmarks/bench_selective_scan.py --d-inner 192 --d-state 16 --sweep 0 64 --model v0 --threads 1
 
 With d_state 1 the sizes in --chunk-size / --sweep are chunk lengths of the closed-form (PyTorch) scan, and the
-compiled loop (numba, when installed; what the network runs on CPU) is timed too; with a larger d_state they are
-block lengths of the block-wise scan (0: automatic), the scan the dispatcher then uses.
+compiled recurrence with its backward pass (numba; what the network runs on CPU) is timed too; with a larger d_state
+they are block lengths of the block-wise scan (0: automatic), what the network runs when it is trained. On CPU with
+numba the forward-only compiled loop (what a frozen network runs: PDD's teacher) is timed for every d_state, and the
+VMamba-T forward with and without the compiled scans.
 """
 
 import argparse
@@ -22,14 +24,16 @@ import torch
 import torch.nn.functional as F
 
 from medad_monai.benchmarking import add_runtime_args, runtime_device, time_calls
+from medad_monai.networks.compiled_scan import fast_softplus_array
 from medad_monai.networks.selective_scan import (
     DEFAULT_CHUNK_SIZE,
     HAS_NUMBA,
     selective_scan_blockwise,
     selective_scan_chunked,
+    selective_scan_compiled,
     selective_scan_ref,
 )
-from medad_monai.networks.vmamba import vanilla_vmamba_tiny, vmamba_tiny
+from medad_monai.networks.vmamba import set_compiled_scan, vanilla_vmamba_tiny, vmamba_tiny
 
 
 def _fmt(times: list[float]) -> str:
@@ -114,10 +118,15 @@ def main() -> None:
             f"{label}={size}": (lambda n=size: scan(*scan_args, **{size_arg: n}))
             for size in [first] + [c for c in args.sweep if c != first]
         }
-        if args.d_state == 1 and HAS_NUMBA:
-            scans["compiled loop (numba)"] = lambda: selective_scan_chunked(*scan_args, use_compiled=True)
-        elif args.d_state == 1:
-            print("  compiled loop (numba): not timed, numba is not installed")
+        on_cpu = device.type == "cpu"
+        if args.d_state == 1 and HAS_NUMBA and on_cpu:
+            scans["compiled recurrence (numba, with backward)"] = lambda: selective_scan_chunked(
+                *scan_args, use_compiled=True
+            )
+        if HAS_NUMBA and on_cpu:  # what a frozen network (PDD's teacher) runs on CPU for d_state > 1
+            scans["compiled loop (numba, forward only)"] = lambda: selective_scan_compiled(*scan_args)
+        if not HAS_NUMBA:
+            print("  compiled loops (numba): not timed, numba is not installed")
         _time_scans(scans, ref_out, ref_med, args.repeats)
 
         # the scan's delta = softplus(delta + bias): torch's kernel against the where/log1p/exp form (equal to
@@ -134,6 +143,14 @@ def main() -> None:
             f"  softplus F.softplus       : {_fmt(t_torch)}\n  softplus where/log1p/exp  : {_fmt(t_where)}  "
             f"F.softplus x{statistics.median(t_where) / statistics.median(t_torch):.2f} faster, max|diff| {fast:.1e}"
         )
+        if HAS_NUMBA and on_cpu:  # the arithmetic softplus inside the compiled loop, over the same tensor
+            ours = (fast_softplus_array(x) - F.softplus(x)).abs().max().item()
+            t_ours = time_calls(lambda: fast_softplus_array(x), args.repeats * 4, 1, device)
+            print(
+                f"  softplus compiled (numba) : {_fmt(t_ours)}  "
+                f"x{statistics.median(t_torch) / statistics.median(t_ours):.2f} faster than F.softplus, "
+                f"max|diff| {ours:.1e}"
+            )
 
         if args.image_size > 0:
             build = vmamba_tiny if args.model == "v05" else vanilla_vmamba_tiny
@@ -141,6 +158,13 @@ def main() -> None:
             x = torch.randn(1, 3, args.image_size, args.image_size, device=device)
             times = time_calls(lambda: model(x), args.model_repeats, 1, device)
             print(f"VSSM-Tiny ({args.model}) forward, 1x3x{args.image_size}x{args.image_size}: {_fmt(times)}")
+            if HAS_NUMBA and on_cpu:
+                set_compiled_scan(model, False)
+                plain = time_calls(lambda: model(x), args.model_repeats, 1, device)
+                print(
+                    f"  the same with the PyTorch scans only: {_fmt(plain)}  "
+                    f"(compiled x{statistics.median(plain) / statistics.median(times):.2f} faster)"
+                )
 
 
 if __name__ == "__main__":

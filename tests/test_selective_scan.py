@@ -104,17 +104,28 @@ def test_d_state_16_vmamba_sizes() -> None:
         assert _max_diff(selective_scan(u, delta, A, B, C, D, delta_bias, True), ref) <= TOL
 
 
-def test_dispatch_by_state_size(monkeypatch) -> None:
+def test_dispatch_by_state_size_and_gradient(monkeypatch) -> None:
     calls: list[str] = []
-    chunked, blockwise = ss.selective_scan_chunked, ss.selective_scan_blockwise
+    chunked, blockwise, compiled = ss.selective_scan_chunked, ss.selective_scan_blockwise, ss.selective_scan_compiled
     monkeypatch.setattr(ss, "selective_scan_chunked", lambda *a: calls.append("chunked") or chunked(*a))
     monkeypatch.setattr(ss, "selective_scan_blockwise", lambda *a: calls.append("blockwise") or blockwise(*a))
+    monkeypatch.setattr(ss, "selective_scan_compiled", lambda *a: calls.append("compiled") or compiled(*a))
     for d_state in (1, 2, 16):
         u, delta, A, B, C, D, delta_bias = _inputs(d_state=d_state, length=12)
         ref = selective_scan_ref(u, delta, A, B, C, D, delta_bias, True)
         assert _max_diff(ss.selective_scan(u, delta, A, B, C, D, delta_bias, True), ref) <= TOL
-    # d_state 1 goes to the per-state recurrence (VMamba v05), larger states to the block-wise scan
-    assert calls == ["chunked", "blockwise", "blockwise"]
+    # nothing needs a gradient (a frozen teacher): the compiled forward-only loop for every state size
+    assert calls == ["compiled", "compiled", "compiled"]
+    calls.clear()
+    for d_state in (1, 16):  # training: d_state 1 to the per-state recurrence (VMamba v05), larger to block-wise
+        u, delta, A, B, C, D, delta_bias = _inputs(d_state=d_state, length=12)
+        A.requires_grad_(True)
+        assert ss.selective_scan(u, delta, A, B, C, D, delta_bias, True).requires_grad
+    assert calls == ["chunked", "blockwise"]
+    with torch.no_grad():  # the same parameters under no_grad: nothing to differentiate
+        ss.selective_scan(u, delta, A, B, C, D, delta_bias, True)
+    ss.selective_scan(u, delta, A.detach(), B, C, D, delta_bias, True, use_compiled=False)
+    assert calls == ["chunked", "blockwise", "compiled", "blockwise"]
 
 
 @pytest.mark.parametrize("method,d_state", [("chunked", 1), ("chunked", 2), ("blockwise", 2), ("blockwise", 16)])

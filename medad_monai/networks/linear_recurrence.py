@@ -1,6 +1,6 @@
 """The scalar linear recurrence ``h_t = exp(log_a_t) * h_{t-1} + b_t`` (``h_{-1} = 0``) along the last axis.
 
-With ``d_state == 1`` (VMamba v05, PDD's default teacher) the selective scan of S6 is this recurrence once per
+With ``d_state == 1`` (VMamba v05, PDD's ``vssm1_tiny`` teacher) the selective scan of S6 is this recurrence once per
 channel: ``log_a_t = delta_t * A`` and ``b_t = delta_t * B_t * u_t`` (Gu & Dao, "Mamba", Algorithm 2; VMamba,
 section "Preliminaries"), with no state dimension to contract. Two implementations, equal to the sequential loop:
 

@@ -65,6 +65,7 @@ __all__ = [
     "VSSM",
     "load_vmamba_checkpoint",
     "rename_legacy_vmamba_keys",
+    "set_compiled_scan",
     "vanilla_vmamba_tiny",
     "vmamba_tiny",
 ]
@@ -175,7 +176,7 @@ class SS2D(nn.Module):
 
     Mirrors ``SS2Dv2.__initv2__`` / ``forwardv2`` / ``forward_corev2`` (paper: SS2D and "Accelerating VMamba"):
     ``in_proj`` (1x1, no gate branch because of ``_noz``), depth-wise 3x3 conv, SiLU, cross-scan into 4 routes,
-    per-route projections to (dt, B, C) via grouped 1x1 convs (``v05``: conv1d instead of einsum), S6 scan,
+    per-route projections to (dt, B, C) (``v05``: conv1d instead of einsum; batched matmuls here), S6 scan,
     cross-merge, channel LayerNorm ``out_norm``, ``out_proj`` (1x1). ``_oact`` is not set, so no output GELU.
 
     Parameters (names as in the checkpoint), built in the official order of random draws: ``in_proj.weight``
@@ -213,6 +214,8 @@ class SS2D(nn.Module):
         self.d_inner = int(ssm_ratio * d_model)
         self.dt_rank = int(math.ceil(self.d_model / 16) if dt_rank == "auto" else dt_rank)
         self.chunk_size = int(chunk_size)
+        # the CPU scans compiled with numba (selective_scan's use_compiled); set_compiled_scan switches them off
+        self.use_compiled_scan = True
         k, d_inner, r, n = self.k_group, self.d_inner, self.dt_rank, self.d_state
         linear = Linear2d if channel_first else nn.Linear
         norm = LayerNorm2d if channel_first else nn.LayerNorm
@@ -252,18 +255,19 @@ class SS2D(nn.Module):
         """Cross-scan, per-route projections, S6 scan and cross-merge: ``(B, D, H, W) -> (B, D, H, W)`` (float32).
 
         Official ``forward_corev2`` (``v05``: cross2d scan, ``no_einsum=True``) and ``forwardv0`` (einsum) up to their
-        ``out_norm``; the per-route projections run as grouped 1x1 convs, the same (R + 2N) x D product per route as
+        ``out_norm``; the per-route projections run as batched matmuls, the same (R + 2N) x D product per route as
         the official einsum. The dt bias and softplus are applied inside the scan (``delta_softplus=True``).
         """
         b, d, h, w = x.shape
         length = h * w
         k, r, n = self.k_group, self.dt_rank, self.d_state
         xs = cross_scan_2d(x).reshape(b, k * d, length)
-        x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(-1, d, 1), groups=k).reshape(b, k, r + 2 * n, length)
-        dts = x_dbl[:, :, :r].reshape(b, k * r, length)
+        # per-route products as batched matmuls: (K, R+2N, D) @ (B, K, D, L); equal to grouped 1x1 convs, and faster
+        # on CPU, where grouped conv1d takes a slow path
+        x_dbl = torch.matmul(self.x_proj_weight, xs.reshape(b, k, d, length))  # (B, K, R+2N, L)
         Bs = x_dbl[:, :, r : r + n].contiguous()  # (B, K, N, L)
         Cs = x_dbl[:, :, r + n :].contiguous()
-        dts = F.conv1d(dts, self.dt_projs_weight.reshape(k * d, r, 1), groups=k)  # (B, K*D, L)
+        dts = torch.matmul(self.dt_projs_weight, x_dbl[:, :, :r]).reshape(b, k * d, length)  # (B, K*D, L)
         As = -torch.exp(self.A_logs.float())
         ys = selective_scan(
             xs,
@@ -275,6 +279,7 @@ class SS2D(nn.Module):
             self.dt_projs_bias.float().reshape(-1),
             True,
             self.chunk_size,
+            use_compiled=self.use_compiled_scan,
         )
         return cross_merge_2d(ys.reshape(b, k, d, length), h, w)
 
@@ -314,6 +319,16 @@ class SS2DV0(SS2D):
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
         y = self.out_norm(self.scan_merge(x).permute(0, 2, 3, 1))
         return self.out_proj(y.to(z.dtype) * z)
+
+
+def set_compiled_scan(module: nn.Module, enabled: bool) -> None:
+    """Let every :class:`SS2D` in ``module`` use the numba-compiled CPU scans (``True``, the default) or only the
+    PyTorch ones (``False``: the block-wise scan and the closed-form recurrence), e.g. to time one against the other
+    (``benchmarks/bench_pdd.py``). Outputs agree within the scans' tolerance (1e-4); CUDA and TorchScript never use
+    the compiled loops."""
+    for sub in module.modules():
+        if isinstance(sub, SS2D):
+            sub.use_compiled_scan = bool(enabled)
 
 
 class Mlp(nn.Module):

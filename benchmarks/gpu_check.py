@@ -3,7 +3,8 @@
 For every bundle it builds the network, loss and training inferer from the bundle's own ``train.json`` (random
 weights: speed does not depend on them), runs a few optimiser steps on random batches and a few inference batches,
 first in float32, then with the bundles' ``amp`` switch (:class:`~medad_monai.engines.steps.MethodInferer` under
-``torch.autocast``, bfloat16 by default), and prints images/s for both and their ratio, with the largest map
+``torch.autocast``, bfloat16 by default), then with ``amp`` and ``channels_last`` (the network and its inputs in
+channels-last memory format), and prints images/s for each and their ratio to float32, with the largest map
 difference relative to the float32 map's largest value; for DDAD also the float32 training step with
 ``vectorised_members`` (the members as one grouped computation) against the member loop. Sizes follow the papers:
 DDAD 64 px (Cai et al.), PDD and D²4FAD 256 px. On an H100/H200-class GPU the whole check takes well under 5 minutes.
@@ -80,32 +81,42 @@ def check(bundle: str, size: int, batch: int, iterations: int, device: torch.dev
     inputs = _inputs(bundle, net, batch, size, device)
     train_inputs = inputs["train"] if bundle == "ddad" else inputs
     out: dict[str, Any] = {"bundle": bundle, "size": size, "batch": batch}
-    for amp in (False, True):
-        inferer = MethodInferer(train_inferer.method, amp=amp, amp_dtype=amp_dtype)
+    # float32, AMP, then AMP in channels-last format (last: it converts the network in place)
+    variants = {"fp32": {}, "amp": {"amp": True}, "amp_cl": {"amp": True, "channels_last": True}}
 
-        def train_step(inferer: MethodInferer = inferer) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(inferer(train_inputs, trained), None).backward()
-            optimizer.step()
+    def train_step(inferer: MethodInferer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(inferer(train_inputs, trained), None).backward()
+        optimizer.step()
 
+    for name, options in variants.items():
+        if name == "amp_cl":
+            continue  # timed after the float32 network's DDAD and inference figures below
+        inferer = MethodInferer(train_inferer.method, amp_dtype=amp_dtype, **options)
         trained.train()
-        out[f"train_{'amp' if amp else 'fp32'}"] = _rate(train_step, batch, iterations, device)
+        out[f"train_{name}"] = _rate(lambda i=inferer: train_step(i), batch, iterations, device)
     if bundle == "ddad":  # the members as one grouped computation (vectorised_members) against the member loop
         trained.vectorised = True
         out["train_grouped"] = _rate(lambda: train_step(MethodInferer(train_inferer.method)), batch, iterations, device)
         trained.vectorised = False
-    net.eval()
     x = inputs if isinstance(inputs, torch.Tensor) else inputs["query" if bundle == "d24fad" else "infer"]
     if bundle == "d24fad":
         with torch.no_grad():
-            net.set_support(inputs["support"][0])
+            net.eval().set_support(inputs["support"][0])
     maps = {}
-    for amp in (False, True):
-        inferer = MethodInferer("forward", amp=amp, amp_dtype=amp_dtype)
+    for name, options in variants.items():
+        inferer = MethodInferer("forward", amp_dtype=amp_dtype, **options)
+        net.eval()
         with torch.no_grad():
-            out[f"infer_{'amp' if amp else 'fp32'}"] = _rate(lambda i=inferer: i(x, net), batch, iterations, device)
-            maps[amp] = inferer(x, net)
-    out["map_error"] = float((maps[True] - maps[False]).abs().amax() / maps[False].abs().amax())
+            out[f"infer_{name}"] = _rate(lambda i=inferer: i(x, net), batch, iterations, device)
+            maps[name] = inferer(x, net)
+        if name == "amp_cl":  # the network is channels-last now: its training step in that format
+            trained.train()
+            inferer = MethodInferer(train_inferer.method, amp_dtype=amp_dtype, **options)
+            out["train_amp_cl"] = _rate(lambda i=inferer: train_step(i), batch, iterations, device)
+    scale = maps["fp32"].abs().amax()
+    out["map_error"] = float((maps["amp"] - maps["fp32"]).abs().amax() / scale)
+    out["map_error_cl"] = float((maps["amp_cl"] - maps["fp32"]).abs().amax() / scale)
     return out
 
 
@@ -124,19 +135,20 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, amp dtype {args.amp_dtype}, {args.iterations} timed steps")
     print(
-        "| bundle | px | batch | train img/s fp32 | train img/s amp | x | infer img/s fp32 | infer img/s amp | x "
-        "| map diff |"
+        "| bundle | px | batch | train img/s fp32 | amp | x | amp + channels-last | x | infer img/s fp32 | amp | x "
+        "| amp + channels-last | x | map diff amp | amp + channels-last |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for bundle in args.bundles.split(","):
         size = args.image_size or PAPER_SIZE[bundle]
         r = check(bundle, size, args.batch_size, args.iterations, device, args.amp_dtype)
-        print(
-            f"| {bundle} | {size} | {r['batch']} | {r['train_fp32']:.1f} | {r['train_amp']:.1f} | "
-            f"{r['train_amp'] / r['train_fp32']:.2f} | {r['infer_fp32']:.1f} | {r['infer_amp']:.1f} | "
-            f"{r['infer_amp'] / r['infer_fp32']:.2f} | {r['map_error']:.1%} |",
-            flush=True,
-        )
+        cells = [bundle, size, r["batch"]]
+        for stage in ("train", "infer"):
+            fp32 = r[f"{stage}_fp32"]
+            cells += [f"{fp32:.1f}", f"{r[f'{stage}_amp']:.1f}", f"{r[f'{stage}_amp'] / fp32:.2f}"]
+            cells += [f"{r[f'{stage}_amp_cl']:.1f}", f"{r[f'{stage}_amp_cl'] / fp32:.2f}"]
+        cells += [f"{r['map_error']:.1%}", f"{r['map_error_cl']:.1%}"]
+        print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         if "train_grouped" in r:
             print(
                 f"  {bundle}: train img/s fp32 with vectorised_members {r['train_grouped']:.1f} "

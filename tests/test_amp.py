@@ -1,7 +1,8 @@
-"""Mixed precision (the bundles' ``amp`` key): the configs wire it to every inferer, and on CPU (bfloat16 autocast)
-maps, scores and a training loss stay within the stated tolerances of float32: image scores and every map value within
-10% of the float32 map's largest value (measured on these untrained networks: DDAD 0.4%, PDD 0.1%, D²4FAD 6%), the
-PDD training loss within 1%, outputs always float32."""
+"""Mixed precision (the bundles' ``amp`` key) and channels-last memory format (``channels_last``): the configs wire
+them to every inferer; channels-last leaves the values as they were (within float32 rounding); on CPU (bfloat16
+autocast) maps, scores and a training loss stay within the stated tolerances of float32: image scores and every map
+value within 10% of the float32 map's largest value (measured on these untrained networks: DDAD 0.4%, PDD 0.1%,
+D²4FAD 6%), the PDD training loss within 1%, outputs always float32."""
 
 from __future__ import annotations
 
@@ -39,10 +40,12 @@ def test_the_amp_key_reaches_every_inferer_of_the_bundle(bundle):
         ("train.json", ["train#inferer"]),
     ):
         assert _parser(bundle, config)["amp"] is False  # off by default: float32 results as before
-        parser = _parser(bundle, config, amp=True, amp_dtype="float16")
+        assert _parser(bundle, config)["channels_last"] is False
+        parser = _parser(bundle, config, amp=True, amp_dtype="float16", channels_last=True)
         for inferer_id in inferer_ids:
             inferer = parser.get_parsed_content(inferer_id)
             assert isinstance(inferer, MethodInferer) and inferer.amp and inferer.amp_dtype == "float16", config
+            assert inferer.channels_last, config
 
 
 @pytest.mark.parametrize("bundle", sorted(TINY))
@@ -63,6 +66,23 @@ def test_bfloat16_maps_and_scores_stay_close_to_float32_on_cpu(bundle):
     assert (s_mixed - s_full).abs().amax() / scale < 0.1, (s_full, s_mixed)
     error = (mixed - full).abs().amax() / scale
     assert error < 0.1, error
+
+
+@pytest.mark.parametrize("bundle", sorted(TINY))
+def test_channels_last_changes_the_layout_not_the_values(bundle):
+    torch.manual_seed(0)
+    net = _parser(bundle, "inference.json").get_parsed_content("network_def").eval()
+    if bundle == "d24fad":
+        net.set_support(torch.rand(net.num_support, 3, 64, 64))
+    x = torch.rand(3, CHANNELS[bundle], 64, 64)
+    with torch.no_grad():
+        full = MethodInferer("forward")(x, net)
+        last = MethodInferer("forward", channels_last=True)(x, net)
+    convs = [p for p in net.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert last.shape == full.shape
+    # the same arithmetic in another order: equal up to float32 rounding
+    assert (last - full).abs().amax() <= 1e-5 * max(1.0, full.abs().amax().item())
 
 
 def test_pdd_training_loss_under_bfloat16_is_within_one_percent():

@@ -18,7 +18,7 @@ from monai.inferers import Inferer
 from monai.utils import CommonKeys
 from torch import nn
 
-__all__ = ["AMP_DTYPES", "MethodInferer", "PrepareBatchKeys", "to_float32"]
+__all__ = ["AMP_DTYPES", "MethodInferer", "PrepareBatchKeys", "to_channels_last", "to_float32"]
 
 # autocast dtypes a config may name; bfloat16 needs no gradient scaler (float16 training would: MONAI's ``amp``)
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,9 +44,26 @@ def _device_type(inputs: Any) -> str:
     return "cpu"
 
 
+def to_channels_last(value: Any) -> Any:
+    """``value`` with its 4-D tensors (also inside dicts, lists and tuples) in channels-last memory format; the values
+    are the same, only their layout in memory changes."""
+    if isinstance(value, torch.Tensor):
+        return value.contiguous(memory_format=torch.channels_last) if value.dim() == 4 else value
+    if isinstance(value, dict):
+        return {k: to_channels_last(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_channels_last(v) for v in value)
+    return value
+
+
+def _is_channels_last(network: nn.Module) -> bool:
+    """Whether the network's 4-D parameters (convolution weights) are all in channels-last format already."""
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in network.parameters() if p.dim() == 4)
+
+
 class MethodInferer(Inferer):
     """Call ``network.<method>(inputs)`` (or ``network.<method>(**inputs)`` for a dict of inputs), optionally under
-    automatic mixed precision.
+    automatic mixed precision and in channels-last memory format.
 
     Args:
         method: name of the network method, e.g. ``"training_outputs"``, ``"refinement_outputs"``, ``"forward"``.
@@ -54,20 +71,35 @@ class MethodInferer(Inferer):
             outputs come back in float32. MONAI's own ``amp`` switch of its engines autocasts on CUDA only (and adds
             a float16 gradient scaler), so the bundles' ``amp`` key drives this one, on every device.
         amp_dtype: ``"bfloat16"`` (default: float32's range, no scaler needed) or ``"float16"`` (inference).
+        channels_last: convert the network (its parameters, in place, on the first call, before an optimiser has
+            allocated state for them) and every 4-D input to channels-last memory format, which cuDNN's
+            tensor-core convolutions prefer under AMP; the values are unchanged. On CPU it was measured slower
+            (docs/user_guide.md, "Mixed precision"), hence off by default.
     """
 
-    def __init__(self, method: str = "training_outputs", amp: bool = False, amp_dtype: str = "bfloat16") -> None:
+    def __init__(
+        self,
+        method: str = "training_outputs",
+        amp: bool = False,
+        amp_dtype: str = "bfloat16",
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         if amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {amp_dtype!r}")
         self.method = method
         self.amp = bool(amp)
         self.amp_dtype = amp_dtype
+        self.channels_last = bool(channels_last)
 
     def __call__(self, inputs: Any, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(network, self.method, None)
         if fn is None:
             raise AttributeError(f"{type(network).__name__} has no method {self.method!r}")
+        if self.channels_last:
+            if not _is_channels_last(network):
+                network.to(memory_format=torch.channels_last)
+            inputs = to_channels_last(inputs)
         if not self.amp:
             return fn(**inputs, **kwargs) if isinstance(inputs, dict) else fn(inputs, *args, **kwargs)
         with torch.autocast(device_type=_device_type(inputs), dtype=AMP_DTYPES[self.amp_dtype]):

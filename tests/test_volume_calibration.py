@@ -17,6 +17,7 @@ from test_volume_inference import DDAD_CONFIGS, TINY, make_ddad_bundle
 
 from medad_monai.cli import Commands
 from medad_monai.data.demo_volumes import demo_volume, write_demo_subjects
+from medad_monai.handlers.threshold import calibrate_threshold
 from medad_monai.inference import ScoringOptions, load_bundle_model, score_volume
 from medad_monai.inference.volume_calibration import (
     calibrate_volume_threshold,
@@ -25,7 +26,12 @@ from medad_monai.inference.volume_calibration import (
 )
 from medad_monai.networks.d24fad import D24FAD
 from medad_monai.networks.ddad import DDAD
-from medad_monai.networks.volume_threshold import VOLUME_KEY, VolumeCalibration, volume_calibration
+from medad_monai.networks.volume_threshold import (
+    VOLUME_KEY,
+    VolumeCalibration,
+    set_volume_calibration,
+    volume_calibration,
+)
 
 DOMAIN = "head_ct"
 
@@ -107,6 +113,20 @@ def test_the_calibration_holds_only_for_its_scoring_options():
     assert volume_calibration(net) is None  # NaN until calibrated
     getattr(net, VOLUME_KEY).copy_(c.to_tensor())
     assert volume_calibration(net) == c
+
+
+def test_recalibrating_the_image_threshold_clears_the_volume_threshold(caplog):
+    # a run continued from a calibrated checkpoint (MONAI Label's retraining) ends with a new image threshold: the
+    # volume threshold measured on the old weights must not be served with the new ones
+    net = DDAD(num_members=2, multiplier=0.25)
+    set_volume_calibration(net, VolumeCalibration(1.4, 0.95, 8, 2, "max", 1, 0.9))
+    with caplog.at_level(logging.WARNING, logger="medad_monai"):
+        assert calibrate_threshold(net, np.array([0.1, 0.2, 0.3, 0.4]), 0.5) == pytest.approx(0.25)
+    assert volume_calibration(net) is None and "volume threshold" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medad_monai"):
+        calibrate_threshold(net, np.array([0.1, 0.2]), 0.5)  # nothing to clear: no warning
+    assert volume_calibration(net) is None and "volume threshold" not in caplog.text
 
 
 def test_checkpoints_from_before_the_volume_threshold_load_without_one():

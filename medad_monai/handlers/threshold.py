@@ -13,16 +13,26 @@ from medad_monai.data.foreground import body_extent, foreground_fraction
 from medad_monai.metrics.operating_points import quantile_threshold
 from medad_monai.networks.body_extent import set_body_extent
 from medad_monai.networks.calibration import set_calibration_scores
+from medad_monai.networks.volume_threshold import clear_volume_calibration
 
 __all__ = ["ThresholdCalibrator", "calibrate_threshold"]
 
 
 def calibrate_threshold(network: nn.Module, normal_scores: np.ndarray, quantile: float = 0.95) -> float:
     """Set ``network.threshold`` to the ``quantile`` of ``normal_scores`` and record those scores in the network
-    (:mod:`medad_monai.networks.calibration`), so that evaluation can report other operating points from them."""
+    (:mod:`medad_monai.networks.calibration`), so that evaluation can report other operating points from them.
+
+    A volume threshold the network carries (:mod:`medad_monai.networks.volume_threshold`) is cleared: it was measured
+    on the weights before this calibration (a run continued from a calibrated checkpoint), and volumes fall back to
+    the new image threshold until ``medad-monai calibrate_volumes`` measures it again."""
     value = quantile_threshold(normal_scores, quantile)
     network.threshold.fill_(value)
     set_calibration_scores(network, normal_scores)
+    if clear_volume_calibration(network):
+        logging.getLogger("medad_monai").warning(
+            "the model's volume threshold was calibrated on its earlier weights and is cleared: 3D inputs are decided "
+            "with the image threshold until `medad-monai calibrate_volumes` is run again"
+        )
     return value
 
 

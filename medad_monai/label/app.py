@@ -133,7 +133,7 @@ class AnomalyLabelApp(MONAILabelApp):
 
     def init_trainers(self) -> dict[str, TrainTask]:
         return {
-            name: AnomalyTrainTask(path, self.conf, slice_cache=self.cache_dir / "slices", axis=self.axis)
+            name: AnomalyTrainTask(path, self.conf, slice_cache=self.cache_dir / "slices", scoring=self.scoring)
             for name, path in self.bundles.items()
             if (path / "configs" / "train.json").is_file()
         }

@@ -28,7 +28,9 @@ __all__ = [
     "label_is_empty",
     "review_status",
     "studies_by_status",
+    "is_volume_study",
     "training_items",
+    "training_items_by_study",
 ]
 
 logger = logging.getLogger("medad_monai")
@@ -97,10 +99,10 @@ def _slice_files(path: Path, volume: np.ndarray, affine: np.ndarray, axis: int, 
     return files
 
 
-def training_items(
+def training_items_by_study(
     paths: Iterable[str], label: int, axis: int, cache_dir: str | Path
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """2D training items of datastore studies, for the 2D bundles' training configs.
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """2D training items of datastore studies, for the 2D bundles' training configs, per study (in ``paths`` order).
 
     A 2D study is one item; a 3D study contributes each slice along ``axis`` (written once as a 2D NIfTI file in
     ``cache_dir``), so a volume reviewed normal teaches the model as many normal images as it has slices. A study
@@ -108,7 +110,7 @@ def training_items(
     """
     from medad_monai.inference import load_input
 
-    items: list[dict[str, Any]] = []
+    studies: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
     for p in paths:
         try:
@@ -117,11 +119,25 @@ def training_items(
             skipped[str(p)] = str(e)
             continue
         if img.ndim == 3:  # (C, H, W): a 2D image
-            items.append({"image": str(p), "label": label})
+            studies[str(p)] = [{"image": str(p), "label": label}]
             continue
         volume = np.asarray(img[0]) if img.shape[0] == 1 else np.asarray(img).mean(0)
         affine = np.asarray(img.affine)
-        items += [{"image": f, "label": label} for f in _slice_files(Path(p), volume, affine, axis, Path(cache_dir))]
+        slices = _slice_files(Path(p), volume, affine, axis, Path(cache_dir))
+        studies[str(p)] = [{"image": f, "label": label} for f in slices]
     for p, reason in skipped.items():
         logger.warning(f"study '{p}' left out of training: {reason}")
-    return items, skipped
+    return studies, skipped
+
+
+def is_volume_study(study: str, items: list[dict[str, Any]]) -> bool:
+    """Whether ``items`` (of :func:`training_items_by_study`) are the slices of a 3D study rather than the study."""
+    return not (len(items) == 1 and items[0]["image"] == study)
+
+
+def training_items(
+    paths: Iterable[str], label: int, axis: int, cache_dir: str | Path
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The items of :func:`training_items_by_study`, all studies in one list."""
+    studies, skipped = training_items_by_study(paths, label, axis, cache_dir)
+    return [item for items in studies.values() for item in items], skipped

@@ -27,6 +27,7 @@ __all__ = [
     "FIELDS",
     "VOLUME_KEY",
     "VolumeCalibration",
+    "clear_volume_calibration",
     "fill_missing_volume_calibration",
     "register_volume_calibration",
     "set_volume_calibration",
@@ -97,6 +98,18 @@ def set_volume_calibration(module: nn.Module, calibration: VolumeCalibration) ->
     if not isinstance(buffer, Tensor):
         raise ValueError(f"{type(module).__name__} has no {VOLUME_KEY!r} buffer to store a volume threshold in")
     buffer.copy_(calibration.to_tensor().to(buffer.dtype))
+
+
+def clear_volume_calibration(module: nn.Module) -> bool:
+    """Forget ``module``'s volume threshold (NaN again); returns whether there was one. Called whenever the image
+    threshold is recalibrated (:func:`medad_monai.handlers.threshold.calibrate_threshold`): a training run that
+    continues from a calibrated checkpoint changes the weights the volume threshold was measured on."""
+    buffer = getattr(module, VOLUME_KEY, None)
+    if not isinstance(buffer, Tensor):
+        return False
+    had = volume_calibration(module) is not None
+    buffer.fill_(float("nan"))
+    return had
 
 
 def volume_calibration(module: nn.Module) -> VolumeCalibration | None:

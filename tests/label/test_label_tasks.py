@@ -15,16 +15,21 @@ pytest.importorskip("monailabel", reason="monailabel is not installed: run in th
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from monailabel.interfaces.exception import MONAILabelException  # noqa: E402
+from monailabel.tasks.train.bundle import BundleTrainTask  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from medad_monai.data.demo_volumes import write_demo_subjects  # noqa: E402
+from medad_monai.inference import ScoringOptions, load_bundle_model  # noqa: E402
 from medad_monai.label.app import find_bundles  # noqa: E402
 from medad_monai.label.datastore import ReviewStatus, review_status, studies_by_status, training_items  # noqa: E402
 from medad_monai.label.infer import result_extension  # noqa: E402
 from medad_monai.label.models import ServedBundles  # noqa: E402
 from medad_monai.label.strategy import AnomalyRankingStrategy  # noqa: E402
 from medad_monai.label.train import AnomalyTrainTask  # noqa: E402
+from medad_monai.networks.ddad import DDAD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,3 +223,50 @@ def test_a_failed_training_ends_with_its_actual_cause(datastore, tmp_path, monke
     assert str(info.value) == "training 'ddad' failed: ValueError: the training loader yields no batch (5 images, " \
         "batch size 16)"  # fmt: skip
     assert info.value.__cause__ is None  # so the traceback ends with it
+
+
+def _tiny_ddad_bundle(root: Path) -> Path:
+    """The repository's DDAD configs with a slim 2-member network, and an untrained model of it (as if trained)."""
+    shutil.copytree(REPO / "bundles" / "ddad" / "configs", root / "configs")
+    inference = json.loads((root / "configs" / "inference.json").read_text())
+    inference["num_members"] = 2
+    inference["network_def"]["multiplier"] = 0.25
+    (root / "configs" / "inference.json").write_text(json.dumps(inference))
+    (root / "models").mkdir()
+    net = DDAD(num_members=2, multiplier=0.25)
+    net.has_udm.fill_(True)
+    net.threshold.fill_(0.5)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+@pytest.mark.parametrize("val_split,held_out", [(0.6, 3), (0.2, 1)])
+def test_normal_volumes_split_by_study_and_the_held_out_ones_calibrate_a_volume_threshold(
+    tmp_path, monkeypatch, caplog, val_split, held_out
+):
+    bundle = _tiny_ddad_bundle(tmp_path / "ddad")
+    studies = write_demo_subjects(tmp_path / "studies", "head_ct", range(5), size=32, num_slices=8)
+    ds = LocalDatastore(str(tmp_path / "studies"), extensions=("*.nii.gz",), auto_reload=False)
+    for image_id in ds.get_unlabeled_images():
+        ds.update_image_info(image_id, {"review": "normal"})
+    captured: dict = {}
+    # the bundle's training itself is not run: the model above stands for what it writes
+    monkeypatch.setattr(BundleTrainTask, "run_single_gpu", lambda self, request, overrides: captured.update(overrides))
+    task = AnomalyTrainTask(bundle, {}, slice_cache=tmp_path / "slices", scoring=ScoringOptions(axis=2))
+    with caplog.at_level("INFO", logger="medad_monai"):
+        task({"max_epochs": 1, "val_split": val_split, "device": "cpu", "pretrained": False}, ds)
+
+    def subjects(items: list[dict]) -> set[str]:
+        return {Path(i["image"]).name.split("_normal")[0] for i in items}
+
+    train, val = subjects(captured["train#dataset#data"]), subjects(captured["validate#dataset#data"])
+    # whole studies on each side: the threshold is calibrated on volumes the model did not train on
+    assert not train & val and len(val) == held_out and len(train) == 5 - held_out
+    assert len(captured["validate#dataset#data"]) == 8 * held_out
+    calibration = load_bundle_model(bundle, device="cpu").volume_calibration
+    if held_out >= 3:
+        assert val == {Path(p).name.split("_normal")[0] for p in studies[-held_out:]}
+        assert calibration is not None and calibration.num_volumes == held_out and calibration.axis == 2
+        assert calibration.threshold > 0 and "volume threshold" in caplog.text
+    else:  # too few held-out volumes: none stored, and the log says why
+        assert calibration is None and "a volume threshold needs 3" in caplog.text

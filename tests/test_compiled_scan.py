@@ -97,3 +97,22 @@ def test_vmamba_with_and_without_the_compiled_scans() -> None:
     assert all(module.use_compiled_scan is False for module in net.modules() if hasattr(module, "use_compiled_scan"))
     for a, b in zip(compiled, plain):
         assert (a - b).abs().max().item() <= 1e-4
+
+
+def test_kernels_compile_where_numba_cannot_keep_a_disk_cache(monkeypatch):
+    # a read-only install without a writable user cache: numba refuses cache=True at decoration; compile without
+    import medad_monai.networks.numba_jit as numba_jit
+
+    real = numba_jit.numba.njit
+
+    def refusing(*args, **options):
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function 'add_one': no locator available for file '/ro/x.py'")
+        return real(*args, **options)
+
+    monkeypatch.setattr(numba_jit.numba, "njit", refusing)
+
+    def add_one(x):
+        return x + 1
+
+    assert numba_jit.jit()(add_one)(1) == 2

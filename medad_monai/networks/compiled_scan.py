@@ -29,15 +29,12 @@ from torch import Tensor
 
 __all__ = ["HAS_NUMBA", "compiled_scan", "fast_exp_array", "fast_softplus_array"]
 
-try:  # numba is a dependency, but the PyTorch scans must keep working where it cannot load
-    import numba as _numba
+from medad_monai.networks.numba_jit import HAS_NUMBA, jit
+
+if HAS_NUMBA:
     from llvmlite import ir as _ir
     from numba.core import types as _types
     from numba.extending import intrinsic as _intrinsic
-except Exception:  # ImportError, or numba failing to load against this numpy
-    _numba = None
-
-HAS_NUMBA: bool = _numba is not None
 
 # float32 constants (numba types module globals by their value's type; Python floats would promote to float64, which
 # halves the vector width). Cody-Waite split of ln 2 (hi has 9 significant bits, so n * hi is exact for |n| < 2^15).
@@ -57,7 +54,7 @@ _L3, _L5, _L7, _L9 = (_F(1.0 / k) for k in (3, 5, 7, 9))  # atanh series: log(m)
 _C2, _C3, _C4, _C5, _C6, _C7 = (_F(1.0 / math.factorial(k)) for k in range(2, 8))
 
 
-if _numba is not None:
+if HAS_NUMBA:
 
     @_intrinsic
     def _float_from_bits(typingctx: Any, bits: Any) -> Any:  # pragma: no cover (compiled)
@@ -84,7 +81,7 @@ if _numba is not None:
 
         return _types.int32(value), codegen
 
-    @_numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
+    @jit(inline="always", fastmath={"contract"}, error_model="numpy")
     def fast_exp(x: Any) -> Any:  # pragma: no cover (compiled)
         """float32 ``exp(x)`` within 1e-7 relative on [-87, 88] (clamped outside): ``exp(x) = 2^n exp(r)`` with
         ``n = round(x / ln 2)``, ``r = x - n ln 2`` (Cody-Waite), ``exp(r)`` by its degree-7 Taylor polynomial
@@ -98,7 +95,7 @@ if _numba is not None:
         p = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
         return p * _float_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
 
-    @_numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
+    @jit(inline="always", fastmath={"contract"}, error_model="numpy")
     def fast_softplus(x: Any) -> Any:  # pragma: no cover (compiled)
         """float32 ``softplus(x) = log(1 + exp(x))``, ``x`` itself above 20 (torch's threshold), within 2e-7 relative.
 
@@ -119,14 +116,14 @@ if _numba is not None:
         log1p_e = kf * _LN2_HI + (kf * _LN2_LO + log_m) - ((z - _ONE) - e) / z
         return x if x > _SOFTPLUS_THRESHOLD else log1p_e  # a select, not a branch: the loop stays vectorised
 
-    @_numba.njit(fastmath={"contract"}, error_model="numpy")
+    @jit(fastmath={"contract"}, error_model="numpy")
     def _softplus_array(x: Any, out: Any) -> None:  # pragma: no cover (compiled)
         flat_x = x.ravel()
         flat_out = out.ravel()
         for i in range(flat_x.size):
             flat_out[i] = fast_softplus(flat_x[i])
 
-    @_numba.njit(fastmath={"contract"}, error_model="numpy")
+    @jit(fastmath={"contract"}, error_model="numpy")
     def _exp_array(x: Any, out: Any) -> None:  # pragma: no cover (compiled)
         flat_x = x.ravel()
         flat_out = out.ravel()
@@ -135,7 +132,7 @@ if _numba is not None:
 
     # reassoc: the read-out's sum over states may be reordered, which is what lets it vectorise; error_model numpy:
     # numba's default (Python's) checks every division for zero, which keeps a loop scalar
-    @_numba.njit(nogil=True, fastmath={"contract", "reassoc", "nsz"}, error_model="numpy")
+    @jit(nogil=True, fastmath={"contract", "reassoc", "nsz"}, error_model="numpy")
     def _scan_rows(
         u: Any,
         delta: Any,
@@ -187,7 +184,7 @@ if _numba is not None:
 
 
 def _require_numba() -> None:
-    if _numba is None:
+    if not HAS_NUMBA:
         raise RuntimeError("the compiled selective scan needs numba (pip install numba)")
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medad_monai.networks.numba_jit import HAS_NUMBA, jit
+
 __all__ = [
     "DEFAULT_RECURRENCE_CHUNK",
     "HAS_NUMBA",
@@ -40,13 +42,6 @@ DEFAULT_RECURRENCE_CHUNK = 64
 # Largest |cumulative log-decay| allowed inside one chunk: exp(60) ~ 1e26 leaves float32 (max ~3e38) a factor 1e12 of
 # headroom for the inputs b, and exp(-60) ~ 1e-26 is still a normal float.
 LOG_RANGE_LIMIT = 60.0
-
-try:  # optional compiled loop; never required
-    import numba as _numba
-except Exception:  # ImportError, or numba failing to load against this numpy
-    _numba = None
-
-HAS_NUMBA: bool = _numba is not None
 
 
 def linear_recurrence_ref(log_a: Tensor, b: Tensor) -> Tensor:
@@ -143,9 +138,9 @@ def _within_chunks(la: Tensor, b: Tensor) -> Tensor:
     return torch.stack(out, dim=1)
 
 
-if _numba is not None:
+if HAS_NUMBA:
 
-    @_numba.njit(cache=False)
+    @jit()
     def _numba_forward(a: Any, b: Any, h: Any) -> None:  # pragma: no cover (compiled)
         """``h[r, t] = a[r, t] * h[r, t-1] + b[r, t]`` per row: one dependent chain of multiply-adds per channel."""
         rows, length = b.shape
@@ -155,7 +150,7 @@ if _numba is not None:
                 acc = a[r, t] * acc + b[r, t]
                 h[r, t] = acc
 
-    @_numba.njit(cache=False)
+    @jit()
     def _numba_backward(a: Any, h: Any, grad_h: Any, grad_a: Any, grad_b: Any) -> None:  # pragma: no cover
         """Adjoint ``g_t = grad_h_t + a_{t+1} g_{t+1}``, run backwards: ``grad_b = g``, ``grad_a = g h_{t-1}``."""
         rows, length = h.shape
@@ -197,7 +192,7 @@ class _NumbaRecurrence(torch.autograd.Function):
 def linear_recurrence_numba(log_a: Tensor, b: Tensor) -> Tensor:
     """The recurrence as a compiled loop (numba) with an analytic backward pass; CPU tensors, float32 or float64
     (other float types run in float32). Raises ``RuntimeError`` when numba is not installed."""
-    if _numba is None:
+    if not HAS_NUMBA:
         raise RuntimeError("linear_recurrence_numba needs numba (pip install numba)")
     if log_a.shape != b.shape:
         raise ValueError(f"log_a and b must have the same shape, got {list(log_a.shape)} and {list(b.shape)}")

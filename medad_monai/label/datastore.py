@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = [
     "REVIEW_KEY",
@@ -83,15 +84,17 @@ def studies_by_status(datastore: Any) -> dict[str, list[str]]:
     return groups
 
 
-def _slice_files(path: Path, volume: np.ndarray, affine: np.ndarray, axis: int, cache_dir: Path) -> list[str]:
-    """The 2D slices of a volume as 2D NIfTI files in ``cache_dir`` (reused while the study is unchanged)."""
+def _slice_files(
+    path: Path, volume: np.ndarray, affine: np.ndarray, axis: int, cache_dir: Path, indices: list[int]
+) -> list[str]:
+    """Slices ``indices`` of a volume as 2D NIfTI files in ``cache_dir`` (reused while the study is unchanged)."""
     from medad_monai.inference import study_stamp, write_nifti
 
     stamp = "{}-{}".format(*study_stamp(path))
     tag = hashlib.sha256(f"{path.resolve()}|{stamp}|{axis}".encode()).hexdigest()[:12]
     stem = path.name.split(".")[0]
     files = []
-    for k in range(volume.shape[axis]):
+    for k in indices:
         out = cache_dir / f"{stem}_{tag}_ax{axis}_{k:04d}.nii.gz"
         if not out.is_file():
             write_nifti(np.take(volume, k, axis=axis).astype(np.float32), affine, out)
@@ -100,15 +103,19 @@ def _slice_files(path: Path, volume: np.ndarray, affine: np.ndarray, axis: int, 
 
 
 def training_items_by_study(
-    paths: Iterable[str], label: int, axis: int, cache_dir: str | Path
+    paths: Iterable[str], label: int, axis: int, cache_dir: str | Path, min_relative_body: float = 0.0
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
     """2D training items of datastore studies, for the 2D bundles' training configs, per study (in ``paths`` order).
 
-    A 2D study is one item; a 3D study contributes each slice along ``axis`` (written once as a 2D NIfTI file in
-    ``cache_dir``), so a volume reviewed normal teaches the model as many normal images as it has slices. A study
-    that cannot be read is left out and reported (path -> reason), so one broken file does not stop training.
+    A 2D study is one item; a 3D study contributes its slices along ``axis`` that serving scores by the relative
+    body rule (:func:`~medad_monai.inference.volume.body_slices`: some foreground, and at least ``min_relative_body``
+    of the volume's largest slice's), each written once as a 2D NIfTI file in ``cache_dir``. So a volume reviewed
+    normal teaches the model the sections it will be served, and the validation slices that calibrate the threshold
+    are of the kind it decides (the shrinking end sections, which serving leaves out, would otherwise set it). A
+    study that cannot be read is left out and reported (path -> reason), so one broken file does not stop training.
     """
     from medad_monai.inference import load_input
+    from medad_monai.inference.volume import body_slices
 
     studies: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
@@ -123,7 +130,10 @@ def training_items_by_study(
             continue
         volume = np.asarray(img[0]) if img.shape[0] == 1 else np.asarray(img).mean(0)
         affine = np.asarray(img.affine)
-        slices = _slice_files(Path(p), volume, affine, axis, Path(cache_dir))
+        _, inside = body_slices(torch.as_tensor(volume[None]), axis, None, 0.0, min_relative=min_relative_body)
+        if len(inside) < volume.shape[axis]:
+            logger.info(f"study '{p}': {len(inside)} of {volume.shape[axis]} slices inside the body used")
+        slices = _slice_files(Path(p), volume, affine, axis, Path(cache_dir), inside)
         studies[str(p)] = [{"image": f, "label": label} for f in slices]
     for p, reason in skipped.items():
         logger.warning(f"study '{p}' left out of training: {reason}")
@@ -136,8 +146,8 @@ def is_volume_study(study: str, items: list[dict[str, Any]]) -> bool:
 
 
 def training_items(
-    paths: Iterable[str], label: int, axis: int, cache_dir: str | Path
+    paths: Iterable[str], label: int, axis: int, cache_dir: str | Path, min_relative_body: float = 0.0
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The items of :func:`training_items_by_study`, all studies in one list."""
-    studies, skipped = training_items_by_study(paths, label, axis, cache_dir)
+    studies, skipped = training_items_by_study(paths, label, axis, cache_dir, min_relative_body)
     return [item for items in studies.values() for item in items], skipped

@@ -6,6 +6,8 @@ validation. :class:`AnomalyTrainTask` keeps everything else it does (``run`` id,
 ``train#trainer#max_epochs``, a ``CheckpointLoader`` to continue from the current model) and changes what the data
 is (:mod:`medad_monai.label.datastore`):
 
+* a 3D study contributes the slices along the app's axis that serving scores (its ``min_relative_body`` rule), so
+  the model trains and is calibrated on the sections it will be served;
 * ``train#dataset#data`` / ``validate#dataset#data``: the studies reviewed *normal*, split by ``val_split`` into
   whole studies (the slices of one volume are never on both sides: a threshold calibrated on slices of volumes the
   model trained on would be too low for new ones); the validation normals calibrate the stored threshold
@@ -92,12 +94,14 @@ class AnomalyTrainTask(BundleTrainTask):
     def _fetch_datalist(self, request: dict[str, Any], datastore: Any) -> list[dict[str, Any]]:
         groups = studies_by_status(datastore)
         uris = {k: [datastore.get_image_uri(i) for i in ids] for k, ids in groups.items()}
+        # a volume's slices that serving scores (the relative body rule of the app's scoring options)
+        body = self.scoring.min_relative_body
         self._normal_studies, bad_normals = training_items_by_study(
-            uris[ReviewStatus.NORMAL], 0, self.axis, self.slice_cache
+            uris[ReviewStatus.NORMAL], 0, self.axis, self.slice_cache, body
         )
         self._normals = [item for items in self._normal_studies.values() for item in items]
         self._held_out_volumes = []
-        self._unlabeled, bad_pool = training_items(uris[ReviewStatus.UNLABELED], -1, self.axis, self.slice_cache)
+        self._unlabeled, bad_pool = training_items(uris[ReviewStatus.UNLABELED], -1, self.axis, self.slice_cache, body)
         logger.info(
             f"{Path(self.bundle_path).name}: {len(uris[ReviewStatus.NORMAL])} studies reviewed normal "
             f"({len(self._normals)} 2D images), {len(uris[ReviewStatus.ANOMALOUS])} anomalous (not used), "

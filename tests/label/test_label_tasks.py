@@ -90,6 +90,23 @@ def test_training_items_slice_volumes_and_report_unreadable_studies(datastore, t
     assert len(along0) == 24
 
 
+def test_training_slices_of_a_volume_are_the_sections_serving_scores(tmp_path):
+    # a demo head CT: its end sections shrink; serving scores only slices with >= 0.9 of the largest body, and the
+    # model should train and calibrate on those
+    (path,) = write_demo_subjects(tmp_path / "studies", "head_ct", [0], size=32, num_slices=16)
+    every, _ = training_items([str(path)], 0, axis=2, cache_dir=tmp_path / "all")
+    served, _ = training_items([str(path)], 0, axis=2, cache_dir=tmp_path / "body", min_relative_body=0.9)
+    assert len(every) == 16 and 1 <= len(served) < 16
+    volume = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    low, high = float(volume.min()), float(volume.max())
+    body = [float(((volume[:, :, k] - low) / (high - low) > 0.1).mean()) for k in range(16)]
+    kept = sorted(int(Path(i["image"]).name.split("_ax2_")[1][:4]) for i in served)
+    assert kept == list(range(kept[0], kept[-1] + 1))  # one run of central sections
+    assert 0 not in kept and 15 not in kept  # the end sections are out
+    largest = max(body)
+    assert all(body[k] >= 0.85 * largest for k in kept)  # (holes filled in the served rule: a little more body)
+
+
 def _overrides(bundle: str, datastore, tmp_path, max_epochs: int = 3) -> dict:
     """What the train task would pass to ``monai.bundle.run`` for ``bundle`` (the run itself is stubbed out)."""
     task = AnomalyTrainTask(REPO / "bundles" / bundle, {}, slice_cache=tmp_path / "slices")
@@ -262,7 +279,8 @@ def test_normal_volumes_split_by_study_and_the_held_out_ones_calibrate_a_volume_
     train, val = subjects(captured["train#dataset#data"]), subjects(captured["validate#dataset#data"])
     # whole studies on each side: the threshold is calibrated on volumes the model did not train on
     assert not train & val and len(val) == held_out and len(train) == 5 - held_out
-    assert len(captured["validate#dataset#data"]) == 8 * held_out
+    # of each volume the sections serving scores (at least 0.9 of its largest body, the app's default)
+    assert 1 <= len(captured["validate#dataset#data"]) < 8 * held_out
     calibration = load_bundle_model(bundle, device="cpu").volume_calibration
     if held_out >= 3:
         assert val == {Path(p).name.split("_normal")[0] for p in studies[-held_out:]}

@@ -48,13 +48,18 @@ def test_the_amp_key_reaches_every_inferer_of_the_bundle(bundle):
             assert inferer.channels_last, config
 
 
-@pytest.mark.parametrize("bundle", sorted(TINY))
-def test_bfloat16_maps_and_scores_stay_close_to_float32_on_cpu(bundle):
+def _served_network(bundle: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The bundle's inference network at the tiny settings (D²4FAD with a support set stored) and three inputs."""
     torch.manual_seed(0)
     net = _parser(bundle, "inference.json").get_parsed_content("network_def").eval()
     if bundle == "d24fad":
         net.set_support(torch.rand(net.num_support, 3, 64, 64))
-    x = torch.rand(3, CHANNELS[bundle], 64, 64)
+    return net, torch.rand(3, CHANNELS[bundle], 64, 64)
+
+
+@pytest.mark.parametrize("bundle", sorted(TINY))
+def test_bfloat16_maps_and_scores_stay_close_to_float32_on_cpu(bundle):
+    net, x = _served_network(bundle)
     with torch.no_grad():
         full = MethodInferer("forward")(x, net)
         mixed = MethodInferer("forward", amp=True)(x, net)
@@ -70,11 +75,7 @@ def test_bfloat16_maps_and_scores_stay_close_to_float32_on_cpu(bundle):
 
 @pytest.mark.parametrize("bundle", sorted(TINY))
 def test_channels_last_changes_the_layout_not_the_values(bundle):
-    torch.manual_seed(0)
-    net = _parser(bundle, "inference.json").get_parsed_content("network_def").eval()
-    if bundle == "d24fad":
-        net.set_support(torch.rand(net.num_support, 3, 64, 64))
-    x = torch.rand(3, CHANNELS[bundle], 64, 64)
+    net, x = _served_network(bundle)
     with torch.no_grad():
         full = MethodInferer("forward")(x, net)
         last = MethodInferer("forward", channels_last=True)(x, net)
